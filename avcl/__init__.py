@@ -1,0 +1,1 @@
+"""avcl: the audio-visual contrastive learning engine (data streaming, models, methods, training, evaluation)."""

@@ -1,0 +1,1 @@
+"""Reading avtools shards: the sample schema (torch-free) and the streaming pipeline."""

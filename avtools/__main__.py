@@ -1,0 +1,3 @@
+from avtools.cli import main
+
+main()

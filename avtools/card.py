@@ -1,0 +1,89 @@
+"""The dataset card: one PNG with available/total clips per class and a contact sheet of a few samples
+(frames along time, with the log spectrogram of their audio)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from avcl.data import schema
+from avtools.inspect import iter_samples, open_url
+
+SHEET_SAMPLES = 4
+SHEET_FRAMES = 6
+
+
+def write_card(store, summary: dict) -> None:
+    store.put_bytes("card.png", render_card(summary, _some_samples(store, summary)))
+
+
+def _some_samples(store, summary: dict) -> list[dict]:
+    samples = []
+    for split in summary["splits"].values():
+        for shard in split["shards"][:1]:
+            with open_url(store.local_path(shard["name"])) as stream:
+                for sample in iter_samples(stream):
+                    samples.append(sample)
+                    if len(samples) >= SHEET_SAMPLES:
+                        return samples
+    return samples
+
+
+def render_card(summary: dict, samples: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = _class_counts(summary)
+    bar_height = max(3.0, 0.18 * len(classes))
+    fig = plt.figure(figsize=(12, bar_height + 2.2 * max(1, len(samples))), dpi=80)
+    grid = fig.add_gridspec(1 + max(1, len(samples)), SHEET_FRAMES + 2,
+                            height_ratios=[bar_height] + [2.2] * max(1, len(samples)))
+    bars = fig.add_subplot(grid[0, :])
+    names = list(classes)
+    bars.barh(names, [classes[n][1] for n in names], color="#dddddd", label="total")
+    bars.barh(names, [classes[n][0] for n in names], color="#3b7dd8", label="available")
+    bars.invert_yaxis()
+    bars.tick_params(axis="y", labelsize=7)
+    bars.legend(loc="lower right")
+    counts = summary["counts"]
+    bars.set_title(f"{summary['name']}: {counts['available']}/{counts['total']} clips available")
+    for row, sample in enumerate(samples, start=1):
+        _draw_sample(fig, grid, row, sample)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _class_counts(summary: dict) -> dict[str, tuple[int, int]]:
+    totals: dict[str, list[int]] = {}
+    for split in summary["splits"].values():
+        for name, c in split["classes"].items():
+            entry = totals.setdefault(name, [0, 0])
+            entry[0] += c["available"]
+            entry[1] += c["total"]
+    return {name: (a, t) for name, (a, t) in sorted(totals.items())}
+
+
+def _draw_sample(fig, grid, row: int, sample: dict) -> None:
+    import simplejpeg
+
+    meta = schema.decode_json(sample[schema.JSON_EXT])
+    frames = schema.frame_members(sample)
+    picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int) if frames else []
+    for col, i in enumerate(picks):
+        ax = fig.add_subplot(grid[row, col])
+        ax.imshow(simplejpeg.decode_jpeg(sample[frames[i]]))
+        ax.set_axis_off()
+        if col == 0:
+            ax.set_title(f"{meta['label']} ({meta['split']})", fontsize=8, loc="left")
+    if schema.AUDIO_EXT in sample:
+        audio, rate = schema.read_flac(sample[schema.AUDIO_EXT])
+        ax = fig.add_subplot(grid[row, SHEET_FRAMES:])
+        ax.specgram(audio.astype(np.float32) / 32768.0 + 1e-7, NFFT=512, Fs=rate, noverlap=256, cmap="magma")
+        ax.set_xlabel("s", fontsize=7)
+        ax.set_ylabel("Hz", fontsize=7)
+        ax.tick_params(labelsize=6)

@@ -1,0 +1,143 @@
+"""The `avtools` command line: thin wrappers that parse options and call one function per command."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Build audio-visual datasets as WebDataset shards; train and evaluate contrastive models.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+console = Console(stderr=True)
+
+
+def _partition(value: str) -> tuple[int, int]:
+    try:
+        index, parts = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not I/N (e.g. 0/4)")
+    if not 0 <= index < parts:
+        raise typer.BadParameter(f"{value!r}: need 0 <= I < N")
+    return index, parts
+
+
+@app.command("build-dataset")
+def build_dataset(
+    name: str = typer.Argument(..., help="Dataset: kinetics-sounds32, kinetics-sounds31, kinetics-sounds100, "
+                                         "kinetics-400/600/700, ucf101, hmdb51, esc50, vggsound, folder."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder, or s3://bucket/prefix (endpoint and "
+                                                     "credentials from the AWS_* environment variables)."),
+    source: Optional[Path] = typer.Option(None, help="Local copy (ucf101, hmdb51, esc50, folder) or local mirror "
+                                                     "of YouTube clips (CVDF <ytid>_<start>_<end>.mp4 or <ytid>.mp4)."),
+    annotations: Optional[List[str]] = typer.Option(None, help="Annotation file(s), path or URL, instead of the "
+                                                               "official ones (repeat for several)."),
+    kinetics: int = typer.Option(400, help="Kinetics release of the annotations: 400, 600 or 700."),
+    split: Optional[List[str]] = typer.Option(None, help="Only these splits (repeatable)."),
+    classes: Optional[List[str]] = typer.Option(None, help="Only these classes (repeatable)."),
+    limit: Optional[int] = typer.Option(None, help="Process at most this many clips in this run."),
+    fold: int = typer.Option(1, help="UCF101/HMDB51: the official split (1-3) deciding train/test shards."),
+    val_fraction: float = typer.Option(0.1, help="folder: share of clips put in val when there are no split folders."),
+    fps: float = typer.Option(16.0, help="Output frames per second."),
+    short_side: int = typer.Option(128, help="Output frame short side in pixels."),
+    audio_rate: int = typer.Option(16000, help="Output mono audio sample rate."),
+    frames: str = typer.Option("jpg", help="Frame storage: jpg (one JPEG per frame) or mp4 (short-GOP H.264)."),
+    min_duration: float = typer.Option(2.0, help="Reject clips with less media than this (seconds)."),
+    silence_db: float = typer.Option(-60.0, help="Reject audio whose RMS level is at or below this (dBFS)."),
+    allow_no_audio: bool = typer.Option(False, help="Keep clips without an audio stream (video-only samples)."),
+    samples_per_shard: int = typer.Option(500, help="Samples per tar shard."),
+    workers: int = typer.Option(0, help="Parallel worker processes (0: twice the CPU cores)."),
+    partition: str = typer.Option("0/1", help="Build part I of N (I/N) for SLURM arrays or indexed jobs."),
+    url_template: str = typer.Option("https://www.youtube.com/watch?v={youtube_id}", help="Video URL for a "
+                                     "YouTube id; point it at a mirror."),
+    pad: float = typer.Option(2.0, help="Seconds downloaded on each side of a clip (cuts land on keyframes)."),
+    cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp (bot checks)."),
+    cookies_from_browser: Optional[str] = typer.Option(None, help="Read cookies from this browser (firefox, ...)."),
+    proxy: Optional[str] = typer.Option(None, help="Proxy URL for yt-dlp."),
+    sleep: float = typer.Option(0.0, help="Seconds to sleep between yt-dlp's requests (HTTP 429)."),
+    retries: int = typer.Option(3, help="Retries of transient failures (429, network, bot check) per clip."),
+    retry_wait: float = typer.Option(5.0, help="First retry wait in seconds; doubles each retry."),
+    ffmpeg: Optional[Path] = typer.Option(None, help="A system ffmpeg for yt-dlp (default: imageio-ffmpeg's)."),
+    cache: Optional[Path] = typer.Option(None, help="Cache for downloaded annotations (default ~/.cache/avtools)."),
+    card: bool = typer.Option(True, help="Draw card.png when the dataset is complete."),
+):
+    """Download, trim, filter and transcode a dataset into WebDataset shards with a ledger of every clip.
+
+    Rerun the same command after an interruption to continue: finished shards are kept, settled clips are
+    skipped, transient failures are retried. The exit status is non-zero only when the build itself fails.
+    """
+    from avtools.build import BuildOptions, build
+    from avtools.fetch import FetchOptions
+    from avtools.progress import BuildProgress, print_summary
+    from avtools.recipes import RecipeError, RecipeOptions
+    from avtools.transcode import TranscodeSettings
+
+    if frames not in ("jpg", "mp4"):
+        raise typer.BadParameter("--frames must be jpg or mp4")
+    options = BuildOptions(
+        dataset=name, out=out, limit=limit, samples_per_shard=samples_per_shard, partition=_partition(partition),
+        card=card,
+        recipe=RecipeOptions(source=source, annotations=list(annotations or []), kinetics=kinetics,
+                             splits=list(split or []) or None, classes=list(classes or []) or None, fold=fold,
+                             val_fraction=val_fraction, cache=cache),
+        fetch=FetchOptions(url_template=url_template, source=source if name not in _LOCAL else None, pad=pad,
+                           min_height=short_side, cookies=cookies, cookies_from_browser=cookies_from_browser,
+                           proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg),
+        transcode=TranscodeSettings(fps=fps, short_side=short_side, audio_rate=audio_rate, frames=frames,
+                                    min_duration=min_duration, silence_db=silence_db, allow_no_audio=allow_no_audio),
+    )
+    if workers > 0:
+        options.workers = workers
+    try:
+        result = build(options, progress=BuildProgress(console, name))
+    except (RecipeError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    print_summary(console, result)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+_LOCAL = ("ucf101", "hmdb51", "esc50", "folder")
+
+
+@app.command()
+def inspect(
+    url: str = typer.Argument(..., help="A dataset folder or s3:// prefix, or one shard (path, http(s):// or s3://)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+):
+    """Describe a dataset (counts, classes, one sample's metadata) or one shard."""
+    from avtools.inspect import describe
+    from avtools.progress import print_description
+
+    try:
+        info = describe(url)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot read {url}: {exc}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(info, indent=1))
+    else:
+        print_description(Console(), info)
+
+
+@app.command()
+def manifest(
+    name: str = typer.Argument("kinetics-sounds100", help="The class list to regenerate (kinetics-sounds100)."),
+    check: bool = typer.Option(False, help="Only check that the frozen list matches the rule; exit 1 if not."),
+):
+    """Regenerate a frozen class list in manifests/ from its documented rule and public inputs."""
+    from avtools.manifests import KS100, regenerate_ks100
+
+    if name != "kinetics-sounds100":
+        raise typer.BadParameter("only kinetics-sounds100 is derived by a rule; the others are copied lists")
+    changed = regenerate_ks100(write=not check)
+    if check and changed:
+        console.print(f"[red]{KS100} differs from what the rule gives[/red]")
+        raise typer.Exit(1)
+    console.print(f"{KS100}: {'up to date' if not changed else 'rewritten'}")
+
+
+def main() -> None:
+    app()

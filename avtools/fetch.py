@@ -1,0 +1,204 @@
+"""Get a clip's media onto local disk: yt-dlp section downloads, or a local mirror, or a local file.
+
+Every failure becomes a `ClipError` with one reason of the taxonomy in `avtools.reasons`; transient ones are
+retried here with exponential backoff before they are given up on (and a rerun of the build tries them again).
+
+Section downloads: yt-dlp fetches [start - pad, end + pad] with stream copy, which starts on a keyframe at or
+before the requested time; the written file's time 0 is the requested section start (earlier frames carry
+negative timestamps and are dropped by the decoder), so the clip lies at [start - section_start, ...) in it.
+The accurate cut happens while decoding (`avtools.media`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from avtools.ffmpeg import ffmpeg_dir
+from avtools.reasons import ClipError
+from avtools.recipes import Clip
+
+DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={youtube_id}"
+MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wav", ".flac", ".mp3", ".ogg", ".m4a")
+
+
+@dataclasses.dataclass
+class FetchOptions:
+    url_template: str = DEFAULT_URL_TEMPLATE
+    source: Path | None = None  # local mirror (CVDF layout, class folders or flat)
+    pad: float = 2.0  # seconds downloaded on each side of the clip
+    min_height: int = 128  # lowest format whose height still meets this
+    cookies: Path | None = None
+    cookies_from_browser: str | None = None
+    proxy: str | None = None
+    sleep: float = 0.0  # seconds between yt-dlp's HTTP requests
+    retries: int = 3
+    retry_wait: float = 5.0  # first backoff; doubles each attempt
+    socket_timeout: float = 30.0
+    ffmpeg: Path | None = None  # a system ffmpeg; default: the one from imageio-ffmpeg
+
+
+@dataclasses.dataclass
+class Fetched:
+    path: str
+    offset: float  # file time of the clip's source time 0 (so the clip starts at clip.start - offset)
+    bytes_downloaded: int
+    source: str  # the URL or local path the media came from
+    workdir: str | None = None  # removed by `release`
+
+    def release(self) -> None:
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Fetcher:
+    def __init__(self, options: FetchOptions):
+        self.options = options
+        self.mirror = index_mirror(options.source) if options.source else None
+
+    def fetch(self, clip: Clip) -> Fetched:
+        if clip.path:
+            return _local(clip.path)
+        if self.mirror is not None:
+            return self._from_mirror(clip)
+        return with_retries(lambda: self._download(clip), self.options.retries, self.options.retry_wait)
+
+    def _from_mirror(self, clip: Clip) -> Fetched:
+        trimmed = self.mirror.get(clip.clip_id.lower())
+        if trimmed:  # CVDF layout: the file already is [start, end]
+            return dataclasses.replace(_local(trimmed), offset=clip.start or 0.0)
+        full = self.mirror.get(clip.youtube_id.lower())
+        if full:
+            return _local(full)
+        raise ClipError("not_found", f"no file for {clip.clip_id} in the local mirror {self.options.source}")
+
+    def _download(self, clip: Clip) -> Fetched:
+        import yt_dlp
+        from yt_dlp.utils import download_range_func
+
+        workdir = tempfile.mkdtemp(prefix="avtools-fetch-")
+        section_start = max(0.0, (clip.start or 0.0) - self.options.pad)
+        params = self._ytdlp_params(workdir)
+        if clip.end is not None:
+            params["download_ranges"] = download_range_func(None, [(section_start, clip.end + self.options.pad)])
+        url = self.options.url_template.format(youtube_id=clip.youtube_id)
+        try:
+            with yt_dlp.YoutubeDL(params) as ydl:
+                ydl.extract_info(url, download=True)
+        except Exception as exc:  # yt-dlp raises DownloadError and, rarely, others
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise classify_download_error(str(exc), url) from exc
+        files = [p for p in Path(workdir).iterdir() if p.suffix not in (".part", ".ytdl") and p.is_file()]
+        if not files:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise ClipError("fetch_error", f"yt-dlp wrote no file for {url}")
+        path = max(files, key=lambda p: p.stat().st_size)
+        offset = section_start if clip.end is not None else 0.0
+        return Fetched(str(path), offset, path.stat().st_size, url, workdir)
+
+    def _ytdlp_params(self, workdir: str) -> dict:
+        o = self.options
+        height = o.min_height
+        params = {
+            # the smallest format that still meets the target size; formats of unknown size pass ([height>=?])
+            "format": f"bv*[height>=?{height}]+ba/b[height>=?{height}]/bv*+ba/b",
+            "format_sort": ["+res", "+size", "+br"],
+            "outtmpl": os.path.join(workdir, "media.%(ext)s"),
+            "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+            "retries": o.retries, "fragment_retries": o.retries, "socket_timeout": o.socket_timeout,
+            "sleep_interval_requests": o.sleep or None,
+            "ffmpeg_location": ffmpeg_dir(o.ffmpeg),
+            "js_runtimes": _js_runtimes(),
+            "logger": _QuietLogger(),
+        }
+        if o.cookies:
+            params["cookiefile"] = str(o.cookies)
+        if o.cookies_from_browser:
+            params["cookiesfrombrowser"] = (o.cookies_from_browser,)
+        if o.proxy:
+            params["proxy"] = o.proxy
+        return {k: v for k, v in params.items() if v is not None}
+
+
+def _local(path: str) -> Fetched:
+    if not os.path.isfile(path):
+        raise ClipError("not_found", f"no such file: {path}")
+    return Fetched(path, 0.0, 0, path)
+
+
+def index_mirror(root: Path) -> dict[str, str]:
+    """Lower-cased file stem -> path for every media file below `root` (class folders or flat)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--source {root} is not a folder")
+    return {p.stem.lower(): str(p) for p in root.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file()}
+
+
+def with_retries(attempt, retries: int, wait: float):
+    """Call `attempt()`, retrying retryable ClipErrors with exponential backoff (and a little jitter)."""
+    for i in range(retries + 1):
+        try:
+            return attempt()
+        except ClipError as err:
+            if not err.retryable or i == retries:
+                raise
+            time.sleep(wait * (2 ** i) * (1 + 0.1 * random.random()))
+    raise AssertionError("unreachable")
+
+
+# (reason, pattern) in priority order; the first match wins.
+_ERROR_PATTERNS = [
+    ("bot_check", r"not a bot|confirm you.re not a robot"),
+    ("rate_limited", r"HTTP Error 429|Too Many Requests|rate.limit"),
+    ("private", r"[Pp]rivate video|video is private"),
+    ("removed", r"account (associated with this video )?has been terminated|video has been removed|"
+                r"removed by the uploader|violat\w+ YouTube's|no longer available"),
+    ("unavailable", r"not available in your country|copyright|[Ss]ign in to confirm your age|members.only|"
+                    r"[Vv]ideo unavailable|This video is unavailable|[Pp]remieres in"),
+    ("not_found", r"HTTP Error 40[4]|HTTP Error 410|Not Found"),
+    ("forbidden", r"HTTP Error 403|Forbidden|PO [Tt]oken"),
+    ("js_runtime", r"JavaScript runtime|js.runtime|n challenge|Only images are available"),
+    ("not_media", r"Unsupported URL|No video formats found|not a valid URL|Requested format is not available"),
+    ("network", r"timed out|[Cc]onnection (refused|reset|aborted)|Name or service not known|"
+                r"Temporary failure in name resolution|Network is unreachable|Remote end closed|"
+                r"IncompleteRead|EOF occurred|urlopen error"),
+]
+
+
+def classify_download_error(message: str, url: str = "") -> ClipError:
+    """Map a yt-dlp error message to one reason of the taxonomy."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    for reason, pattern in _ERROR_PATTERNS:
+        if re.search(pattern, text):
+            if reason == "not_media" and "Requested format" in text and "youtube" in url:
+                reason = "js_runtime"  # YouTube without a JS runtime offers only storyboards
+            return ClipError(reason, text.strip()[:500])
+    return ClipError("fetch_error", text.strip()[:500])
+
+
+def _js_runtimes() -> dict | None:
+    """deno (pip-installed with avtools) for YouTube's JS challenges, when it can be found."""
+    try:
+        import deno
+
+        return {"deno": {"path": deno.find_deno_bin()}}
+    except Exception:
+        path = shutil.which("deno")
+        return {"deno": {"path": path}} if path else None
+
+
+class _QuietLogger:
+    """yt-dlp logger that keeps the terminal clean: errors come back as exceptions and are classified."""
+
+    def debug(self, msg):
+        pass
+
+    info = warning = debug
+
+    def error(self, msg):
+        pass

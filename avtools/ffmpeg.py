@@ -1,0 +1,43 @@
+"""Which ffmpeg program yt-dlp uses: a system one the user points to, else the one imageio-ffmpeg ships.
+
+Decoding and encoding inside avtools go through PyAV's bundled FFmpeg; only yt-dlp's section downloads run
+an `ffmpeg` program. yt-dlp checks for section support by looking for `ffmpeg` on PATH, so the chosen
+program is exposed as `<cache>/bin/ffmpeg` and that folder is put first on PATH.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+ENV_VAR = "AVTOOLS_FFMPEG"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AVTOOLS_CACHE", Path.home() / ".cache" / "avtools"))
+
+
+@functools.lru_cache(maxsize=None)
+def ffmpeg_dir(system_ffmpeg: Path | None = None) -> str:
+    """A folder holding an executable named `ffmpeg`, also prepended to PATH; raises if none can be found."""
+    chosen = system_ffmpeg or os.environ.get(ENV_VAR)
+    if chosen:
+        program = shutil.which(str(chosen))
+        if not program:
+            raise FileNotFoundError(f"--ffmpeg / {ENV_VAR}: {chosen} is not an executable program")
+    else:
+        import imageio_ffmpeg
+
+        program = imageio_ffmpeg.get_ffmpeg_exe()
+    folder = cache_dir() / "bin" / hashlib.sha1(program.encode()).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "ffmpeg"
+    if not link.exists():
+        tmp = folder / f".ffmpeg.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(program)
+        os.replace(tmp, link)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    return str(folder)

@@ -1,0 +1,139 @@
+"""The ledger: one row per clip saying what became of it; the single source of truth for resume.
+
+Rows are committed in parts under `ledger/` in the output: a shard's part (its samples' ok rows plus the
+failures seen meanwhile) is written right after the shard itself, so a part's existence is what marks a
+shard finished; failures are also flushed on their own every `FLUSH_EVERY` rows. `ledger.parquet` and
+`dataset.json` are derived from all parts (of every partition) at the end of each run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avtools.reasons import REASONS
+
+FLUSH_EVERY = 200
+STATUSES = ("ok", "failed", "skipped")
+
+
+@dataclasses.dataclass
+class Row:
+    clip_id: str
+    split: str
+    label: str | None
+    status: str
+    reason: str = ""
+    message: str = ""
+    shard: str = ""
+    bytes_downloaded: int = 0
+    seconds: float = 0.0
+    retryable: bool = False
+    finished_at: float = dataclasses.field(default_factory=time.time)
+
+
+SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("status", pa.string()),
+    ("reason", pa.string()), ("message", pa.string()), ("shard", pa.string()),
+    ("bytes_downloaded", pa.int64()), ("seconds", pa.float64()), ("retryable", pa.bool_()),
+    ("finished_at", pa.float64()),
+])
+
+
+def rows_to_parquet(rows: list[Row]) -> bytes:
+    table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def rows_from_parquet(data: bytes) -> list[Row]:
+    return [Row(**d) for d in pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()]
+
+
+def failure_row(clip, error, bytes_downloaded: int = 0, seconds: float = 0.0) -> Row:
+    return Row(clip.clip_id, clip.split, clip.label, "failed", error.reason, error.message, "",
+               bytes_downloaded, seconds, REASONS[error.reason].retryable)
+
+
+class Ledger:
+    """Reads all committed parts; commits new ones for the partition `tag` of this run."""
+
+    def __init__(self, store, tag: str):
+        self.store, self.tag = store, tag
+        self.pending: list[Row] = []
+        self.flushes = 0
+        self.run = time.strftime("%Y%m%d-%H%M%S")
+
+    def load(self) -> dict[str, Row]:
+        """The settled row of every clip: ok beats failed; otherwise the newest row wins."""
+        latest: dict[str, Row] = {}
+        for name in self.store.list("ledger/"):
+            if name.endswith(".parquet"):
+                for row in rows_from_parquet(self.store.get_bytes(name)):
+                    old = latest.get(row.clip_id)
+                    if old is None or (old.status != "ok" and (row.status == "ok" or row.finished_at >= old.finished_at)):
+                        latest[row.clip_id] = row
+        return latest
+
+    def add(self, row: Row) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def commit_shard(self, shard: str, ok_rows: list[Row]) -> None:
+        """Record a written shard's samples (and pending failures) in one part: the shard is now finished."""
+        stem = shard.rsplit(".", 1)[0]
+        self.store.put_bytes(f"ledger/{stem}.parquet", rows_to_parquet(ok_rows + self.pending))
+        self.pending = []
+
+    def flush(self) -> None:
+        if self.pending:
+            self.flushes += 1
+            name = f"ledger/failures-{self.tag}{self.run}-{self.flushes:04d}.parquet"
+            self.store.put_bytes(name, rows_to_parquet(self.pending))
+            self.pending = []
+
+
+def write_ledger_table(store, rows: list[Row]) -> None:
+    store.put_bytes("ledger.parquet", rows_to_parquet(sorted(rows, key=lambda r: r.clip_id)))
+
+
+def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict:
+    """dataset.json: parameters, tool versions, available/total per split and class, shards with counts."""
+    splits: dict[str, dict] = {}
+    for clip in plan:
+        entry = splits.setdefault(clip.split, {"available": 0, "total": 0, "failed": 0, "classes": {}, "shards": {}})
+        per_class = entry["classes"].setdefault(clip.label or "", {"available": 0, "total": 0})
+        entry["total"] += 1
+        per_class["total"] += 1
+        row = rows.get(clip.clip_id)
+        if row is not None and row.status == "ok":
+            entry["available"] += 1
+            per_class["available"] += 1
+            entry["shards"][row.shard] = entry["shards"].get(row.shard, 0) + 1
+        elif row is not None:
+            entry["failed"] += 1
+    for entry in splits.values():
+        entry["shards"] = [{"name": name, "samples": n} for name, n in sorted(entry["shards"].items())]
+    reasons: dict[str, int] = {}
+    for row in rows.values():
+        if row.status != "ok":
+            reasons[row.reason] = reasons.get(row.reason, 0) + 1
+    settled = sum(1 for c in plan if c.clip_id in rows and not rows[c.clip_id].retryable)
+    return {
+        **params,
+        "complete": settled == len(plan),
+        "counts": {"total": len(plan), "available": sum(e["available"] for e in splits.values()),
+                   "settled": settled, "duplicates_in_annotations": duplicates},
+        "failures": dict(sorted(reasons.items())),
+        "splits": dict(sorted(splits.items())),
+    }
+
+
+def write_dataset_json(store, summary: dict) -> None:
+    store.put_bytes("dataset.json", json.dumps(summary, indent=1, sort_keys=False).encode())

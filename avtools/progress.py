@@ -1,0 +1,69 @@
+"""What the terminal shows: a live build progress line, the final summary, and `inspect` tables."""
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class BuildProgress:
+    def __init__(self, console: Console, name: str):
+        self.console, self.name = console, name
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[green]ok {task.fields[ok]}[/green] [red]failed {task.fields[failed]}[/red]"),
+            TextColumn("{task.fields[rate]:.2f} clips/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False)
+        self.task = None
+
+    def start(self, todo: int, already: int) -> None:
+        if already:
+            self.console.print(f"resuming: {already} clips already settled, {todo} to do")
+        self.progress.start()
+        self.task = self.progress.add_task(self.name, total=todo, ok=0, failed=0, rate=0.0)
+
+    def advance(self, ok: bool, counts: dict) -> None:
+        task = self.progress.tasks[self.task]
+        elapsed = task.elapsed or 1e-9
+        self.progress.update(self.task, advance=1, ok=counts["ok"], failed=counts["failed"],
+                             rate=(task.completed + 1) / elapsed)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def print_summary(console: Console, result) -> None:
+    s = result.summary
+    table = Table(title=f"{s['name']}: {'complete' if s['complete'] else 'incomplete'}")
+    for column in ("split", "available", "failed", "total", "shards"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for name, split in s["splits"].items():
+        table.add_row(name, str(split["available"]), str(split["failed"]), str(split["total"]), str(len(split["shards"])))
+    console.print(table)
+    if s["failures"]:
+        console.print("failures: " + ", ".join(f"{reason} {n}" for reason, n in s["failures"].items()))
+    rate = result.processed / result.seconds if result.seconds else 0.0
+    console.print(f"this run: {result.ok} ok, {result.failed} failed in {result.seconds:.1f}s ({rate:.2f} clips/s)"
+                  + (" [yellow](interrupted: rerun the same command to continue)[/yellow]" if result.interrupted else ""))
+
+
+def print_description(console: Console, info: dict) -> None:
+    if info["kind"] == "dataset":
+        table = Table(title=f"{info['name']} ({info['url']}): {'complete' if info['complete'] else 'incomplete'}")
+        for column in ("split", "available", "total", "shards"):
+            table.add_column(column)
+        for name, split in info["splits"].items():
+            table.add_row(name, str(split["available"]), str(split["total"]), str(split["shards"]))
+        console.print(table)
+        console.print(f"{len(info['classes'])} classes: " + ", ".join(info["classes"][:20])
+                      + (" ..." if len(info["classes"]) > 20 else ""))
+        if info["failures"]:
+            console.print("failures: " + ", ".join(f"{r} {n}" for r, n in info["failures"].items()))
+    else:
+        console.print(f"shard {info['url']}: {info['samples']} samples, {len(info['classes'])} classes")
+    if info.get("sample"):
+        console.print(f"sample {info['sample']['key']}: members {', '.join(info['sample']['members'][:6])}"
+                      + (" ..." if len(info["sample"]["members"]) > 6 else ""))
+        console.print_json(json.dumps(info["sample"]["json"]))

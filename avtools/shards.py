@@ -1,0 +1,84 @@
+"""Write samples into WebDataset tar shards, one open shard per split.
+
+A shard is written under a temporary name in a staging folder, then moved into the store under its final
+name, and only then committed in the ledger; so an unfinished shard never looks finished. Names:
+`{split}-{seq:06d}.tar`, or `{split}-{part:03d}-{seq:06d}.tar` when the build is partitioned.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from pathlib import Path
+
+from avtools.ledger import Ledger, Row
+
+_SEQ = re.compile(r"-(\d{6})\.(tar|parquet)$")
+
+
+class ShardWriter:
+    def __init__(self, store, ledger: Ledger, staging: Path, tag: str, samples_per_shard: int,
+                 next_seq: dict[str, int]):
+        self.store, self.ledger, self.staging, self.tag = store, ledger, Path(staging), tag
+        self.samples_per_shard = samples_per_shard
+        self.next_seq = dict(next_seq)  # split -> next shard number
+        self.open: dict[str, _OpenShard] = {}
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def add(self, sample, row: Row) -> None:
+        shard = self.open.get(sample.split)
+        if shard is None:
+            seq = self.next_seq.get(sample.split, 0)
+            self.next_seq[sample.split] = seq + 1
+            name = f"{sample.split}-{self.tag}{seq:06d}.tar"
+            shard = self.open[sample.split] = _OpenShard(name, self.staging / f"{name}.tmp")
+        row.shard = shard.name
+        shard.write(sample, row)
+        if len(shard.rows) >= self.samples_per_shard:
+            self._finish(sample.split)
+
+    def close(self) -> None:
+        """Finish every open shard (a last, smaller shard is still a finished shard)."""
+        for split in list(self.open):
+            self._finish(split)
+
+    def _finish(self, split: str) -> None:
+        shard = self.open.pop(split)
+        shard.tar.close()
+        self.store.put_file(str(shard.tmp), shard.name)
+        self.ledger.commit_shard(shard.name, shard.rows)
+
+
+class _OpenShard:
+    def __init__(self, name: str, tmp: Path):
+        self.name, self.tmp = name, tmp
+        self.tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.rows: list[Row] = []
+
+    def write(self, sample, row: Row) -> None:
+        for member, data in sample.members:
+            info = tarfile.TarInfo(member)
+            info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: identical builds, identical tars
+            info.uname = info.gname = "avtools"
+            self.tar.addfile(info, io.BytesIO(data))
+        self.rows.append(row)
+
+
+def shard_seq(name: str) -> int | None:
+    match = _SEQ.search(name)
+    return int(match.group(1)) if match else None
+
+
+def belongs_to(shard: str, tag: str) -> bool:
+    """Whether a shard name is of the partition with this tag ('' = unpartitioned, '007-' = part 7)."""
+    rest = shard.split("-", 1)[-1]
+    return rest.startswith(tag) and (bool(tag) or rest.count("-") == 0)
+
+
+def clear_staging(staging: Path, tag: str) -> None:
+    """Remove the temporary shards of an interrupted run of this partition."""
+    if staging.is_dir():
+        for tmp in staging.glob("*.tmp"):
+            if belongs_to(tmp.name, tag):
+                os.unlink(tmp)

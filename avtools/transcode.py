@@ -1,0 +1,114 @@
+"""One clip from fetched media to a shard sample: probe, filter, decode the window, encode frames and audio.
+
+Every rejection is a `ClipError` with a precise reason (no_video, no_audio, silent_audio, too_short,
+corrupt); the build records it in the ledger and carries on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import io
+
+import numpy as np
+
+from avcl.data import schema
+from avtools import media
+from avtools.fetch import Fetched
+from avtools.reasons import ClipError
+from avtools.recipes import Clip
+
+
+@dataclasses.dataclass
+class TranscodeSettings:
+    fps: float = 16.0
+    short_side: int = 128
+    audio_rate: int = 16000
+    frames: str = "jpg"  # "jpg": one JPEG per frame; "mp4": one short-GOP H.264 stream
+    jpeg_quality: int = 90
+    gop: int = 16
+    min_duration: float = 2.0  # seconds of media the clip window must hold
+    silence_db: float = -60.0  # RMS level (dBFS) at or below which audio counts as silent
+    allow_no_audio: bool = False
+
+
+@dataclasses.dataclass
+class Sample:
+    key: str
+    split: str
+    meta: dict
+    members: list[tuple[str, bytes]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(data) for _, data in self.members)
+
+
+def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sample:
+    info = media.probe(fetched.path)
+    want_video = not clip.audio_only
+    if want_video and not info.has_video:
+        raise ClipError("no_video", f"{fetched.path} has no video stream")
+    if not info.has_audio and (clip.audio_only or not settings.allow_no_audio):
+        raise ClipError("no_audio", f"{fetched.path} has no audio stream")
+    t0 = max(0.0, (clip.start or 0.0) - fetched.offset)
+    t1 = None if clip.end is None else clip.end - fetched.offset
+    if info.duration is not None and t0 >= info.duration:
+        raise ClipError("too_short", f"the clip starts at {t0:.2f}s but the media lasts {info.duration:.2f}s")
+    decoded = media.decode_window(fetched.path, t0, t1, fps=settings.fps, short_side=settings.short_side,
+                                  audio_rate=settings.audio_rate, want_video=want_video, want_audio=info.has_audio)
+    if decoded.duration < settings.min_duration:
+        raise ClipError("too_short", f"{decoded.duration:.2f}s of media in the window, "
+                                     f"--min-duration is {settings.min_duration}s")
+    if decoded.audio is not None:
+        level = media.loudness_db(decoded.audio)
+        if level <= settings.silence_db:
+            raise ClipError("silent_audio", f"audio RMS {level:.1f} dBFS <= --silence-db {settings.silence_db}")
+    return encode_sample(clip, decoded, settings, source=fetched.source)
+
+
+def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSettings, source: str) -> Sample:
+    frames, video = None, None
+    if decoded.frames:
+        if settings.frames == "mp4":
+            video = encode_mp4(decoded.frames, settings.fps, settings.gop)
+        else:
+            frames = [encode_jpeg(rgb, settings.jpeg_quality) for rgb in decoded.frames]
+    audio = schema.flac_bytes(decoded.audio, settings.audio_rate) if decoded.audio is not None else None
+    height, width = decoded.frames[0].shape[:2] if decoded.frames else (0, 0)
+    start = clip.start or 0.0
+    meta = {
+        "clip_id": clip.clip_id, "youtube_id": clip.youtube_id, "label": clip.label,
+        "label_index": clip.label_index, "split": clip.split, "start": start,
+        "end": start + decoded.duration, "fps": settings.fps if decoded.frames else 0,
+        "n_frames": len(decoded.frames), "width": width, "height": height,
+        "audio_rate": settings.audio_rate if audio is not None else 0,
+        "n_audio_samples": 0 if decoded.audio is None else int(decoded.audio.size),
+        "source": source,
+        "frames_format": settings.frames if decoded.frames else "",
+        **clip.extra,
+    }
+    key = schema.sample_key(clip.clip_id)
+    return Sample(key, clip.split, meta, schema.members(key, meta, audio, frames, video))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    import simplejpeg
+
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB", colorsubsampling="420")
+
+
+def encode_mp4(frames: list[np.ndarray], fps: float, gop: int) -> bytes:
+    """Frames as an H.264 mp4 (yuv420p, keyframe every `gop` frames, moov first) in memory."""
+    import av
+
+    buf = io.BytesIO()
+    height, width = frames[0].shape[:2]
+    with av.open(buf, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": "veryfast", "crf": "20", "bf": "0"}
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()
