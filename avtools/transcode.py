@@ -48,14 +48,15 @@ def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sa
     want_video = not clip.audio_only
     if want_video and not info.has_video:
         raise ClipError("no_video", f"{fetched.path} has no video stream")
-    if not info.has_audio and (clip.audio_only or not settings.allow_no_audio):
-        raise ClipError("no_audio", f"{fetched.path} has no audio stream")
     t0 = max(0.0, (clip.start or 0.0) - fetched.offset)
     t1 = None if clip.end is None else clip.end - fetched.offset
     if info.duration is not None and t0 >= info.duration:
         raise ClipError("too_short", f"the clip starts at {t0:.2f}s but the media lasts {info.duration:.2f}s")
+    # decode before judging the audio: a corrupt file is reported as corrupt, whatever else it lacks
     decoded = media.decode_window(fetched.path, t0, t1, fps=settings.fps, short_side=settings.short_side,
                                   audio_rate=settings.audio_rate, want_video=want_video, want_audio=info.has_audio)
+    if not info.has_audio and (clip.audio_only or not settings.allow_no_audio):
+        raise ClipError("no_audio", f"{fetched.path} has no audio stream")
     if decoded.duration < settings.min_duration:
         raise ClipError("too_short", f"{decoded.duration:.2f}s of media in the window, "
                                      f"--min-duration is {settings.min_duration}s")

@@ -1,0 +1,91 @@
+"""The decoding pass: the frame-time rule, audio alignment, and the awkward real files."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from avtools import media
+from avtools.reasons import ClipError
+from tests.conftest import MEDIA
+from tests.support.timecoded import burst_onsets, frame_index, write_timecoded
+
+
+@pytest.fixture(scope="module")
+def timecoded(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tc") / "tc.mp4"
+    write_timecoded(path, seconds=12, fps=25, size=(160, 120), gop=25)
+    return str(path)
+
+
+@pytest.mark.parametrize("fps,t0,t1", [(16, 3.0, 8.0), (25, 0.0, 4.0), (40, 1.3, 2.3)])
+def test_frame_time_rule(timecoded, fps, t0, t1):
+    clip = media.decode_window(timecoded, t0, t1, fps=fps, short_side=64, audio_rate=16000)
+    expected = [math.floor((t0 + i / fps) * 25 + 1e-6) for i in range(round((t1 - t0) * fps))]
+    assert [frame_index(f) for f in clip.frames] == expected
+    assert clip.frames[0].shape == (64, 86, 3)
+
+
+def test_audio_window_lines_up_with_frames(timecoded):
+    clip = media.decode_window(timecoded, 3.0, 8.0, fps=16, short_side=64, audio_rate=16000)
+    assert clip.audio.dtype == np.int16 and clip.audio.size == 5 * 16000
+    onsets = burst_onsets(clip.audio / 32768.0, 16000)
+    assert np.allclose(onsets, [0, 1, 2, 3, 4], atol=0.01)  # bursts at whole seconds of source time
+
+
+def test_window_past_the_end_stops_at_the_last_frame(timecoded):
+    clip = media.decode_window(timecoded, 10.0, 15.0, fps=16, short_side=64, audio_rate=16000)
+    assert len(clip.frames) == 32 and frame_index(clip.frames[-1]) == 298  # floor(11.9375 * 25)
+    assert clip.audio.size == 2 * 16000
+
+
+def test_rotation_is_applied():
+    clip = media.decode_window(str(MEDIA / "decord_video_90.mov"), 0, None, fps=30, short_side=64, audio_rate=16000)
+    height, width = clip.frames[0].shape[:2]
+    assert width == 64 and height > width  # 568x320 landscape coded, displayed portrait
+
+
+def test_no_container_duration():
+    info = media.probe(str(MEDIA / "moviepy_no_duration.webm"))
+    assert info.duration is None and info.has_audio
+    clip = media.decode_window(str(MEDIA / "moviepy_no_duration.webm"), 0, None, fps=16, short_side=64, audio_rate=16000)
+    assert 4.8 <= clip.duration <= 5.0 and clip.audio.size == round(clip.duration * 16000)
+
+
+def test_several_streams_pick_the_best_pair():
+    info = media.probe(str(MEDIA / "torchcodec_nasa_13013.mp4"))
+    assert (info.width, info.height, info.audio_rate) == (480, 270, 16000)
+
+
+def test_variable_frame_rate(tmp_path):
+    import fractions
+
+    import av
+
+    path = tmp_path / "vfr.mkv"
+    times = [0.0, 0.1, 0.15, 0.5, 0.55, 1.0]  # irregular presentation times (seconds)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for k, t in enumerate(times):
+            rgb = np.full((48, 64, 3), 16 * k + 8, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = int(t * 1000), fractions.Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    clip = media.decode_window(str(path), 0.0, 1.0, fps=10, short_side=48, audio_rate=16000, want_audio=False)
+    shown = [int(round((float(np.median(f[..., 0])) - 8) / 16)) for f in clip.frames]
+    assert shown == [0, 1, 2, 2, 2, 3, 4, 4, 4, 4]  # the frame on screen at t = 0, 0.1, ..., 0.9
+
+
+def test_corrupt_file_is_reported():
+    with pytest.raises(ClipError) as err:
+        media.decode_window(str(MEDIA / "decord_corrupted.mp4"), 0, 5, fps=16, short_side=64, audio_rate=16000)
+    assert err.value.reason == "corrupt"
+
+
+def test_output_size_keeps_aspect_and_even_sides():
+    assert media.output_size(340, 256, 128) == (170, 128)
+    assert media.output_size(320, 568, 128) == (128, 228)
