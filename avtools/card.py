@@ -18,12 +18,16 @@ def write_card(store, summary: dict) -> None:
 
 
 def _some_samples(store, summary: dict) -> list[dict]:
-    samples = []
+    """Up to SHEET_SAMPLES samples of distinct classes, from the first shard of each split."""
+    samples, labels = [], set()
     for split in summary["splits"].values():
         for shard in split["shards"][:1]:
             with open_url(store.local_path(shard["name"])) as stream:
                 for sample in iter_samples(stream):
-                    samples.append(sample)
+                    label = schema.decode_json(sample[schema.JSON_EXT])["label"]
+                    if label not in labels:
+                        labels.add(label)
+                        samples.append(sample)
                     if len(samples) >= SHEET_SAMPLES:
                         return samples
     return samples
@@ -83,7 +87,8 @@ def _draw_sample(fig, grid, row: int, sample: dict) -> None:
     if schema.AUDIO_EXT in sample:
         audio, rate = schema.read_flac(sample[schema.AUDIO_EXT])
         ax = fig.add_subplot(grid[row, SHEET_FRAMES:])
-        ax.specgram(audio.astype(np.float32) / 32768.0 + 1e-7, NFFT=512, Fs=rate, noverlap=256, cmap="magma")
+        with np.errstate(divide="ignore"):  # silent stretches have zero power
+            ax.specgram(audio.astype(np.float32) / 32768.0, NFFT=512, Fs=rate, noverlap=256, cmap="magma")
         ax.set_xlabel("s", fontsize=7)
         ax.set_ylabel("Hz", fontsize=7)
         ax.tick_params(labelsize=6)

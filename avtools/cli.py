@@ -99,7 +99,7 @@ def build_dataset(
         raise typer.Exit(130)
 
 
-_LOCAL = ("ucf101", "hmdb51", "esc50", "folder")
+_LOCAL = ("ucf101", "hmdb51", "esc50", "folder", "demo")
 
 
 @app.command()

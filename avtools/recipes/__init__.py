@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 RECIPES: dict[str, Callable] = {}
-_MODULES = ("kinetics", "ucf101", "hmdb51", "esc50", "vggsound", "folder")
+_MODULES = ("kinetics", "ucf101", "hmdb51", "esc50", "vggsound", "folder", "demo")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,195 @@
+"""`avtools build-dataset` end to end: real yt-dlp, real shards read by webdataset, resume, partitions, S3."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from avtools.cli import app
+from avtools.inspect import iter_samples
+from tests.conftest import MEDIA
+
+runner = CliRunner()
+
+# (youtube_id, label, start, end) served by the `served` fixture; the expected ledger outcome
+ROWS = [
+    ("tc_a", "bowling", 2, 6, "ok"),
+    ("tc_b", "singing", 20, 24, "ok"),
+    ("tc_a", "singing", 10, 14, "ok"),
+    ("mmaction2_demo", "bowling", 0, 5, "no_audio"),
+    ("decord_corrupted", "bowling", 0, 5, "corrupt"),
+    ("missing", "singing", 0, 5, "not_found"),
+    ("html_page", "singing", 0, 5, "not_media"),
+    ("limited", "bowling", 3, 7, "ok"),
+    ("tc_b", "laughing", 0, 3, "ok"),
+    ("moviepy_video_with_failing_audio", "laughing", 1, 5, "ok"),
+]
+
+
+def write_csv(path: Path, rows=ROWS) -> Path:
+    lines = ["label,youtube_id,time_start,time_end,split,is_cc"]
+    lines += [f"{label},{ytid},{s},{e},{'val' if i % 3 == 0 else 'train'},0" for i, (ytid, label, s, e, _) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_args(served, csv: Path, out: str, *extra: str) -> list[str]:
+    return ["build-dataset", "kinetics-sounds32", "--out", out, "--annotations", str(csv),
+            "--url-template", served.url("{youtube_id}.mp4"), "--pad", "1", "--retries", "2", "--retry-wait", "0.05",
+            "--short-side", "64", "--samples-per-shard", "2", "--workers", "2", *extra]
+
+
+def read_dataset(out: Path) -> dict[str, dict]:
+    """Every sample of every shard the dataset lists, read with the real webdataset library."""
+    import webdataset as wds
+
+    info = json.loads((out / "dataset.json").read_text())
+    samples = {}
+    for split in info["splits"].values():
+        for shard in split["shards"]:
+            for sample in wds.WebDataset(str(out / shard["name"]), shardshuffle=False):
+                assert sample["__key__"] not in samples
+                samples[sample["__key__"]] = {k: v for k, v in sample.items() if not k.startswith("__")}
+            assert sum(1 for _ in wds.WebDataset(str(out / shard["name"]), shardshuffle=False)) == shard["samples"]
+    return samples
+
+
+def ledger(out: Path) -> dict[str, tuple]:
+    rows = pq.read_table(out / "ledger.parquet").to_pylist()
+    return {r["clip_id"]: (r["status"], r["reason"], r["split"], r["label"]) for r in rows}
+
+
+@pytest.fixture
+def misbehaving(served):
+    served.missing.add("missing.mp4")
+    served.html_pages.add("html_page.mp4")
+    shutil.copy(served.root / "tc_a.mp4", served.root / "limited.mp4")
+    served.rate_limited["limited.mp4"] = 2
+    yield served
+    served.missing.discard("missing.mp4")
+    served.html_pages.discard("html_page.mp4")
+    served.rate_limited.pop("limited.mp4", None)
+
+
+def test_kinetics_sounds32_build(tmp_path, misbehaving):
+    out = tmp_path / "ks32"
+    result = runner.invoke(app, build_args(misbehaving, write_csv(tmp_path / "ann.csv"), str(out)))
+    assert result.exit_code == 0, result.output
+    rows = ledger(out)
+    expected = {f"{y}_{s:06d}_{e:06d}": outcome for y, _, s, e, outcome in ROWS}
+    assert {cid: (r[0] if r[0] == "ok" else r[1]) for cid, r in rows.items()} == expected
+    samples = read_dataset(out)
+    assert set(samples) == {cid for cid, o in expected.items() if o == "ok"}
+    meta = samples["tc_a_000002_000006"]["json"]
+    meta = json.loads(meta)
+    assert (meta["label"], meta["label_index"], meta["n_frames"], meta["n_audio_samples"]) == ("bowling", 2, 64, 64000)
+    assert len([k for k in samples["tc_a_000002_000006"] if k.endswith(".jpg")]) == 64
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["complete"] and info["counts"] == {"total": 10, "available": 6, "settled": 10, "duplicates_in_annotations": 0}
+    assert info["splits"]["train"]["classes"]["singing"] == {"available": 2, "total": 3}
+    assert info["failures"] == {"corrupt": 1, "no_audio": 1, "not_found": 1, "not_media": 1}
+    assert (out / "card.png").stat().st_size > 10_000
+    assert not list(out.glob("*.tmp")) and not list((out / ".staging").iterdir())
+    described = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert json.loads(described.stdout)["splits"]["val"]["available"] == 2
+
+
+def test_rerun_skips_settled_clips(tmp_path, served):
+    csv = write_csv(tmp_path / "ann.csv", ROWS[:3])
+    out = tmp_path / "ds"
+    assert runner.invoke(app, build_args(served, csv, str(out))).exit_code == 0
+    shards = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    second = runner.invoke(app, build_args(served, csv, str(out)))
+    assert "0 ok, 0 failed" in second.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == shards  # finished shards are never rewritten
+
+
+def folder_of_media(root: Path) -> Path:
+    for i, name in enumerate(["mmaction2_test.avi", "moviepy_video_with_failing_audio.mp4", "torchcodec_nasa_13013.mp4",
+                              "moviepy_bbb_432_433.webm", "mmaction2_test.avi", "torchcodec_nasa_13013.mp4"]):
+        cls = root / ("alpha" if i % 2 else "beta")
+        cls.mkdir(parents=True, exist_ok=True)
+        shutil.copy(MEDIA / name, cls / f"clip{i}{Path(name).suffix}")
+    return root
+
+
+FOLDER_ARGS = ["--short-side", "64", "--fps", "8", "--samples-per-shard", "1", "--min-duration", "0.5", "--val-fraction", "0.4"]
+
+
+def test_killed_and_resumed_build_equals_an_uninterrupted_one(tmp_path):
+    source = folder_of_media(tmp_path / "src")
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, ["build-dataset", "folder", "--source", str(source), "--out", str(whole), *FOLDER_ARGS]).exit_code == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "avtools", "build-dataset", "folder", "--source", str(source), "--out", str(killed),
+           "--workers", "1", *FOLDER_ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((killed / "ledger").glob("*.parquet"))) < 2:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "dataset.json").exists()  # it really died mid-build
+    result = runner.invoke(app, ["build-dataset", "folder", "--source", str(source), "--out", str(killed), *FOLDER_ARGS])
+    assert result.exit_code == 0 and "resuming" in result.output
+    assert read_dataset(killed) == read_dataset(whole)
+    assert ledger(killed) == ledger(whole)
+
+
+def test_partitions_add_up_to_the_whole(tmp_path):
+    source = folder_of_media(tmp_path / "src")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert runner.invoke(app, ["build-dataset", "folder", "--source", str(source), "--out", str(whole), *FOLDER_ARGS]).exit_code == 0
+    first = runner.invoke(app, ["build-dataset", "folder", "--source", str(source), "--out", str(parts), "--partition", "0/2", *FOLDER_ARGS])
+    assert first.exit_code == 0
+    assert not json.loads((parts / "dataset.json").read_text())["complete"] and not (parts / "card.png").exists()
+    second = runner.invoke(app, ["build-dataset", "folder", "--source", str(source), "--out", str(parts), "--partition", "1/2", *FOLDER_ARGS])
+    assert second.exit_code == 0
+    assert json.loads((parts / "dataset.json").read_text())["complete"] and (parts / "card.png").exists()
+    assert read_dataset(parts) == read_dataset(whole)
+    assert ledger(parts) == ledger(whole)
+
+
+def test_output_to_s3(tmp_path, served, s3_bucket):
+    import boto3
+
+    csv = write_csv(tmp_path / "ann.csv", ROWS[:3] + ROWS[4:5])
+    result = runner.invoke(app, build_args(served, csv, f"s3://{s3_bucket}/ks32"))
+    assert result.exit_code == 0, result.output
+    s3 = boto3.client("s3")
+    names = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert {"ks32/dataset.json", "ks32/ledger.parquet", "ks32/card.png"} <= names
+    info = json.loads(s3.get_object(Bucket=s3_bucket, Key="ks32/dataset.json")["Body"].read())
+    assert info["counts"]["available"] == 3 and info["failures"] == {"corrupt": 1}
+    shard = info["splits"]["train"]["shards"][0]
+    body = s3.get_object(Bucket=s3_bucket, Key=f"ks32/{shard['name']}")["Body"]
+    assert sum(1 for _ in iter_samples(body)) == shard["samples"]
+    described = runner.invoke(app, ["inspect", f"s3://{s3_bucket}/ks32", "--json"])
+    assert json.loads(described.stdout)["counts"]["available"] == 3
+    rerun = runner.invoke(app, build_args(served, csv, f"s3://{s3_bucket}/ks32"))
+    assert "0 ok, 0 failed" in rerun.output  # resume reads the ledger back from the bucket
+
+
+def test_bad_inputs_fail_fast_with_a_clear_message(tmp_path):
+    result = runner.invoke(app, ["build-dataset", "kinetics-sounds32", "--out", str(tmp_path / "x"),
+                                 "--annotations", str(tmp_path / "nope.csv")])
+    assert result.exit_code == 2 and "nope.csv" in result.output
+    result = runner.invoke(app, ["build-dataset", "folder", "--out", str(tmp_path / "x"), "--partition", "3/2"])
+    assert result.exit_code != 0
+
+
+def test_demo_dataset_builds_offline(tmp_path):
+    result = runner.invoke(app, ["build-dataset", "demo", "--out", str(tmp_path / "demo"), "--short-side", "64"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "demo" / "dataset.json").read_text())
+    assert info["complete"] and info["counts"]["available"] == info["counts"]["total"] == 32
+    assert len(read_dataset(tmp_path / "demo")) == 32
