@@ -33,7 +33,6 @@ class Probe:
     width: int = 0
     height: int = 0
     fps: float = 0.0
-    rotation: int = 0
     video_codec: str = ""
     audio_codec: str = ""
     audio_rate: int = 0

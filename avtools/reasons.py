@@ -34,8 +34,6 @@ _REASONS = [
     Reason("silent_audio", False, "the audio track is silent (RMS below --silence-db)"),
     Reason("too_short", False, "less media than --min-duration seconds in the requested window"),
     Reason("corrupt", False, "the file cannot be decoded"),
-    # ledger only
-    Reason("duplicate", False, "the same clip appears more than once in the annotations (kept once)"),
     Reason("internal", True, "an unexpected error in avtools itself; please report it with the message"),
 ]
 REASONS = {r.name: r for r in _REASONS}
