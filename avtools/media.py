@@ -177,13 +177,13 @@ class _FramePicker:
         return self.out
 
     def _emit(self, current) -> None:
-        if current is not self.current or self.current_rgb is None:
-            rgb = _to_rgb(current[0], self.short_side)
-            if current is self.current:
-                self.current_rgb = rgb
-        else:
-            rgb = self.current_rgb
-        self.out.append(rgb)
+        """Append the RGB of `current`; the frame on screen is converted once however often it repeats."""
+        if current is not self.current:
+            self.out.append(_to_rgb(current[0], self.short_side))
+            return
+        if self.current_rgb is None:
+            self.current_rgb = _to_rgb(current[0], self.short_side)
+        self.out.append(self.current_rgb)
 
 
 def _to_rgb(frame, short_side: int) -> np.ndarray:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
-import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -99,12 +100,19 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def encode_mp4(frames: list[np.ndarray], fps: float, gop: int) -> bytes:
-    """Frames as an H.264 mp4 (yuv420p, keyframe every `gop` frames, moov first) in memory."""
+    """Frames as H.264 mp4 bytes (yuv420p, keyframe every `gop` frames, moov first). Written through a
+    temporary file: moving the moov atom to the front (faststart) reopens the output by name."""
+
+    height, width = frames[0].shape[:2]
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        _write_mp4(tmp.name, frames, fps, gop, width, height)
+        return Path(tmp.name).read_bytes()
+
+
+def _write_mp4(path: str, frames, fps: float, gop: int, width: int, height: int) -> None:
     import av
 
-    buf = io.BytesIO()
-    height, width = frames[0].shape[:2]
-    with av.open(buf, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+    with av.open(path, "w", options={"movflags": "+faststart"}) as out:
         stream = out.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
@@ -112,4 +120,3 @@ def encode_mp4(frames: list[np.ndarray], fps: float, gop: int) -> bytes:
         for rgb in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         out.mux(stream.encode())
-    return buf.getvalue()

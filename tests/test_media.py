@@ -89,3 +89,24 @@ def test_corrupt_file_is_reported():
 def test_output_size_keeps_aspect_and_even_sides():
     assert media.output_size(340, 256, 128) == (170, 128)
     assert media.output_size(320, 568, 128) == (128, 228)
+
+
+def test_mp4_frame_storage_round_trips(timecoded):
+    import io
+
+    import av
+
+    from avtools.fetch import Fetched
+    from avtools.recipes import Clip
+    from avtools.transcode import TranscodeSettings, make_sample
+
+    clip = Clip("tc_000002_000004", "x", "train", 0, start=2.0, end=4.0, path=timecoded)
+    sample = make_sample(clip, Fetched(timecoded, 0.0, 0, timecoded), TranscodeSettings(fps=16, short_side=64, frames="mp4"))
+    members = dict(sample.members)
+    assert not [m for m in members if m.endswith(".jpg")] and sample.meta["frames_format"] == "mp4"
+    with av.open(io.BytesIO(members[f"{sample.key}.mp4"])) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == sample.meta["n_frames"] == 32
+    assert [frame_index(f.to_ndarray(format="rgb24")) for f in frames[:3]] == [50, 51, 53]
+    keys = [i for i, f in enumerate(frames) if f.key_frame] + [len(frames)]
+    assert keys[0] == 0 and max(b - a for a, b in zip(keys, keys[1:])) <= 16  # GOP at most 16 (scene cuts add more)
