@@ -7,7 +7,8 @@ import io
 import numpy as np
 
 from avcl.data import schema
-from avtools.inspect import iter_samples, open_url
+from avcl.data.sources import open_url
+from avtools.inspect import iter_samples
 
 SHEET_SAMPLES = 4
 SHEET_FRAMES = 6

@@ -104,14 +104,24 @@ _LOCAL = ("ucf101", "hmdb51", "esc50", "folder", "demo")
 
 @app.command()
 def inspect(
-    url: str = typer.Argument(..., help="A dataset folder or s3:// prefix, or one shard (path, http(s):// or s3://)."),
+    url: str = typer.Argument(..., help="A dataset folder or prefix (local, http(s)://, s3://), one shard, a brace "
+                                        "pattern of shards (train-{000000..000009}.tar) or pipe:COMMAND."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    views: str = typer.Option(None, help="Save a PNG of the views one sample gives this method (avcl, tcgl, "
+                                         "temporal-av, xmodal, simclr): frames and log-mels, as the model sees them."),
+    png: Path = typer.Option(None, help="Where --views writes its PNG (default: views-METHOD.png)."),
 ):
-    """Describe a dataset (counts, classes, one sample's metadata) or one shard."""
+    """Describe a dataset (counts, classes, one sample's metadata) or shards; with --views, draw a method's views."""
     from avtools.inspect import describe
     from avtools.progress import print_description
 
     try:
+        if views:
+            from avtools.views_png import save_views_png
+
+            written = save_views_png(url, views, png or Path(f"views-{views}.png"))
+            console.print(f"wrote {written}")
+            return
         info = describe(url)
     except (OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] cannot read {url}: {exc}")

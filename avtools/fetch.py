@@ -17,9 +17,10 @@ import re
 import shutil
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
-from avtools.ffmpeg import ffmpeg_dir
+from avtools.ffmpeg import ffmpeg_dir, ranged_http_input_args
 from avtools.reasons import ClipError
 from avtools.recipes import Clip
 
@@ -89,9 +90,14 @@ class Fetcher:
         url = self.options.url_template.format(youtube_id=clip.youtube_id)
         try:
             with yt_dlp.YoutubeDL(params) as ydl:
-                ydl.extract_info(url, download=True)
+                if is_direct_media(url):
+                    ydl.process_ie_result(direct_media_info(ydl, url, clip.youtube_id), download=True)
+                else:
+                    ydl.extract_info(url, download=True)
         except Exception as exc:  # yt-dlp raises DownloadError and, rarely, others
             shutil.rmtree(workdir, ignore_errors=True)
+            if isinstance(exc, ClipError):
+                raise
             raise classify_download_error(str(exc), url) from exc
         files = [p for p in Path(workdir).iterdir() if p.suffix not in (".part", ".ytdl") and p.is_file()]
         if not files:
@@ -104,6 +110,7 @@ class Fetcher:
     def _ytdlp_params(self, workdir: str) -> dict:
         o = self.options
         height = o.min_height
+        ffmpeg_location = ffmpeg_dir(o.ffmpeg)
         params = {
             # the smallest format that still meets the target size; formats of unknown size pass ([height>=?])
             "format": f"bv*[height>=?{height}]+ba/b[height>=?{height}]/bv*+ba/b",
@@ -112,7 +119,8 @@ class Fetcher:
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
             "retries": o.retries, "fragment_retries": o.retries, "socket_timeout": o.socket_timeout,
             "sleep_interval_requests": o.sleep or None,
-            "ffmpeg_location": ffmpeg_dir(o.ffmpeg),
+            "ffmpeg_location": ffmpeg_location,
+            "external_downloader_args": {"ffmpeg_i": list(ranged_http_input_args(ffmpeg_location))},
             "js_runtimes": _js_runtimes(),
             "logger": _QuietLogger(),
         }
@@ -123,6 +131,27 @@ class Fetcher:
         if o.proxy:
             params["proxy"] = o.proxy
         return {k: v for k, v in params.items() if v is not None}
+
+
+def is_direct_media(url: str) -> bool:
+    return urllib.parse.urlsplit(url).path.lower().endswith(MEDIA_SUFFIXES)
+
+
+def direct_media_info(ydl, url: str, video_id: str) -> dict:
+    """yt-dlp's info for a URL that is a media file (a mirror), checked with one HEAD request.
+
+    The generic extractor would probe with a GET it leaves open while the download runs, which a server
+    fills with data nobody reads; ffmpeg's own errors for a 404 or an HTML page carry no message to classify.
+    """
+    from yt_dlp.networking import HEADRequest
+
+    with ydl.urlopen(HEADRequest(url)) as response:  # HTTP errors raise with their status in the message
+        content_type = response.headers.get("Content-Type", "")
+    if content_type.startswith("text/"):
+        raise ClipError("not_media", f"{url} is a {content_type} page, not media")
+    extension = os.path.splitext(urllib.parse.urlsplit(url).path)[1].lstrip(".").lower()
+    return {"id": video_id, "title": video_id, "url": url, "ext": extension, "extractor": "direct",
+            "extractor_key": "Direct", "webpage_url": url}
 
 
 def _local(path: str) -> Fetched:

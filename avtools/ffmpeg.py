@@ -10,6 +10,7 @@ import functools
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 ENV_VAR = "AVTOOLS_FFMPEG"
@@ -41,3 +42,20 @@ def ffmpeg_dir(system_ffmpeg: Path | None = None) -> str:
         os.replace(tmp, link)
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
     return str(folder)
+
+
+# Bounded HTTP range requests (FFmpeg >= 8): without them every seek asks for `bytes=N-` and the server pushes
+# data until the connection is dropped, which costs several times a short section's size.
+RANGED_HTTP_INPUT = {"-initial_request_size": "65536", "-request_size": str(1 << 16), "-multiple_requests": "1",
+                     "-probesize": "65536", "-analyzeduration": "500000"}
+
+
+@functools.lru_cache(maxsize=None)
+def ranged_http_input_args(folder: str) -> tuple[str, ...]:
+    """ffmpeg input options for bounded range requests, or none when this ffmpeg does not know them."""
+    try:
+        help_text = subprocess.run([os.path.join(folder, "ffmpeg"), "-hide_banner", "-h", "protocol=http"],
+                                   capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(arg for key, value in RANGED_HTTP_INPUT.items() if f"{key} " in help_text for arg in (key, value))

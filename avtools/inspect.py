@@ -2,24 +2,11 @@
 from __future__ import annotations
 
 import collections
-import json
 import tarfile
-import urllib.error
-import urllib.request
 from typing import IO, Iterator
 
 from avcl.data import schema
-from avtools.store import s3_client
-
-
-def open_url(url: str) -> IO[bytes]:
-    """A readable binary stream for a local path, an http(s) URL or an s3://bucket/key."""
-    if url.startswith(("http://", "https://")):
-        return urllib.request.urlopen(url, timeout=60)
-    if url.startswith("s3://"):
-        bucket, _, key = url[5:].partition("/")
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-    return open(url, "rb")
+from avcl.data.sources import DATASET_JSON, open_url, read_json
 
 
 def iter_samples(stream: IO[bytes]) -> Iterator[dict]:
@@ -42,21 +29,7 @@ def iter_samples(stream: IO[bytes]) -> Iterator[dict]:
 
 def read_dataset_json(url: str) -> dict | None:
     """dataset.json of a dataset folder/prefix, or None if `url` is not one."""
-    if url.endswith(".tar"):
-        return None
-    try:
-        with open_url(url.rstrip("/") + "/dataset.json") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-    except Exception as exc:  # botocore's NoSuchKey arrives as a generated ClientError subclass
-        if type(exc).__name__ in ("NoSuchKey", "ClientError"):
-            return None
-        raise
+    return None if url.endswith(".tar") else read_json(url.rstrip("/") + "/" + DATASET_JSON)
 
 
 def describe(url: str) -> dict:
@@ -71,7 +44,21 @@ def describe(url: str) -> dict:
                            for name, s in info["splits"].items()},
                 "classes": sorted({c for s in info["splits"].values() for c in s["classes"]}),
                 "sample": sample}
+    if "{" in url:
+        return describe_shards(url)
     return describe_shard(url)
+
+
+def describe_shards(pattern: str) -> dict:
+    """A brace pattern of shards: their summed counts and classes, and the first sample."""
+    import braceexpand
+
+    parts = [describe_shard(u) for u in braceexpand.braceexpand(pattern)]
+    classes: collections.Counter[str] = collections.Counter()
+    for part in parts:
+        classes.update(part["classes"])
+    return {"kind": "shards", "url": pattern, "shards": len(parts), "samples": sum(p["samples"] for p in parts),
+            "classes": dict(sorted(classes.items())), "sample": next((p["sample"] for p in parts if p["sample"]), None)}
 
 
 def describe_shard(url: str) -> dict:
@@ -84,6 +71,22 @@ def describe_shard(url: str) -> dict:
             n += 1
             first = first or _sample_summary(sample, meta)
     return {"kind": "shard", "url": url, "samples": n, "classes": dict(sorted(labels.items())), "sample": first}
+
+
+def first_raw_sample(url: str) -> dict:
+    """The first sample (raw bytes) of a dataset folder, shard pattern, shard or pipe: source."""
+    from avcl.data.sources import resolve
+
+    for shard in resolve(url, split=_first_split(url)).urls:
+        with open_url(shard) as stream:
+            for sample in iter_samples(stream):
+                return sample
+    raise ValueError(f"{url}: no samples")
+
+
+def _first_split(url: str) -> str:
+    info = read_dataset_json(url) if "{" not in url and not url.startswith("pipe:") else None
+    return next((name for name, s in info["splits"].items() if s["shards"]), "train") if info else "train"
 
 
 def first_sample(url: str) -> dict | None:

@@ -62,7 +62,8 @@ def print_description(console: Console, info: dict) -> None:
         if info["failures"]:
             console.print("failures: " + ", ".join(f"{r} {n}" for r, n in info["failures"].items()))
     else:
-        console.print(f"shard {info['url']}: {info['samples']} samples, {len(info['classes'])} classes")
+        shards = f"{info['shards']} shards " if info['kind'] == 'shards' else 'shard '
+        console.print(f"{shards}{info['url']}: {info['samples']} samples, {len(info['classes'])} classes")
     if info.get("sample"):
         console.print(f"sample {info['sample']['key']}: members {', '.join(info['sample']['members'][:6])}"
                       + (" ..." if len(info["sample"]["members"]) > 6 else ""))

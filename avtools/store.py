@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from avcl.data.sources import s3_client
+
 
 class LocalStore:
     def __init__(self, root: str | os.PathLike):
@@ -103,16 +105,6 @@ class S3Store:
 
     def local_path(self, name: str) -> str:
         return f"{self.url}/{name}"
-
-
-def s3_client():
-    """A boto3 S3 client from the standard AWS environment, with adaptive retries."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}))
 
 
 def open_store(url: str | os.PathLike):

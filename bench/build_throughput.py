@@ -5,7 +5,8 @@
 Sources are 120 s timecoded H.264+AAC videos served by a range-capable server on 127.0.0.1; each clip is a
 10 s window at a random position. Both tools trim to the window, resample to 16 fps, short side 128 and 16 kHz
 mono audio. Reports clips/s, the wall-time ratio, and bytes served per clip against the clip's own encoded
-size (the source's bytes per second times 10 s). Appends a row to BENCHMARKS.md.
+size, counted two ways: the source's bytes per second times 10 s, and the padded section file yt-dlp wrote
+(from the ledger). Sources are interleaved, faststart mp4 (as streamed files are). Appends a row to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def clips(names: list[str], n: int) -> list[tuple[str, int]]:
     return [(names[i % len(names)], starts[i // len(names)]) for i in range(n)]
 
 
-def run_avtools(server, work: Path, plan, workers: int) -> float:
+def run_avtools(server, work: Path, plan, workers: int) -> tuple[float, float]:
+    """Wall seconds and mean bytes of the section files yt-dlp wrote."""
     csv = work / "ann.csv"
     csv.write_text("label,youtube_id,time_start,time_end,split\n" + "".join(
         f"bowling,{name},{s},{s + CLIP_SECONDS},train\n" for name, s in plan))
@@ -56,7 +58,10 @@ def run_avtools(server, work: Path, plan, workers: int) -> float:
     elapsed = time.time() - started
     info = json.loads((work / "avtools" / "dataset.json").read_text())
     assert info["counts"]["available"] == len(plan), info["counts"]
-    return elapsed
+    import pyarrow.parquet as pq
+
+    section_bytes = pq.read_table(work / "avtools" / "ledger.parquet", columns=["bytes_downloaded"]).column(0)
+    return elapsed, sum(section_bytes.to_pylist()) / len(plan)
 
 
 def run_video2dataset(python: str, server, work: Path, plan, workers: int) -> float:
@@ -123,7 +128,7 @@ def main() -> None:
         plan = clips(names, args.clips)
         per_second = sum((work / "served" / f"{n}.mp4").stat().st_size for n in names) / (N_SOURCES * SOURCE_SECONDS)
         with MediaServer(work / "served") as server:
-            avtools_s = run_avtools(server, work, plan, args.workers)
+            avtools_s, section_bytes = run_avtools(server, work, plan, args.workers)
             avtools_bytes = sum(server.bytes_sent.values()) / len(plan)
             server.bytes_sent.clear()
             v2d_s = v2d_bytes = None
@@ -135,9 +140,10 @@ def main() -> None:
     lines = [f"\n### build-dataset throughput ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{os.cpu_count()} cores, {args.clips} clips of {CLIP_SECONDS}s from {SOURCE_SECONDS}s 480x360 sources, "
              f"{args.workers} workers)\n",
-             "| tool | wall s | clips/s | bytes served per clip | ÷ clip's own encoded size |", "|---|---|---|---|---|"]
+             "| tool | wall s | clips/s | bytes served per clip | ÷ 10 s of source | ÷ section file written |",
+             "|---|---|---|---|---|---|"]
     for tool, seconds, nbytes in rows:
-        lines.append(f"| {tool} | {seconds:.1f} | {args.clips / seconds:.2f} | {nbytes / 1e3:.0f} kB | {nbytes / clip_bytes:.2f} |")
+        lines.append(f"| {tool} | {seconds:.1f} | {args.clips / seconds:.2f} | {nbytes / 1e3:.0f} kB | {nbytes / clip_bytes:.2f} | {nbytes / section_bytes:.2f} |")
     if v2d_s:
         lines.append(f"\nwall-time ratio video2dataset / avtools: **{v2d_s / avtools_s:.2f}x**")
     text = "\n".join(lines) + "\n"

@@ -56,3 +56,27 @@ def s3_bucket(s3_endpoint, monkeypatch):
     name = f"bucket-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+TIMECODED_FPS = 16
+
+
+@pytest.fixture(scope="session")
+def timecoded_dataset(tmp_path_factory):
+    """A dataset built by avtools from 7 timecoded 6 s videos at 16 fps (stored frame i shows index i), shards of
+    2 samples (2, 2, 2, 1), frames stored at short side 64; bursts in the audio at every whole second."""
+    from typer.testing import CliRunner
+
+    from avtools.cli import app
+
+    source = tmp_path_factory.mktemp("timecoded-src")
+    for i in range(7):
+        folder = source / "train" / ("up" if i % 2 else "down")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_timecoded(folder / f"tc{i}.mp4", seconds=6, fps=TIMECODED_FPS, size=(96, 64))
+    out = tmp_path_factory.mktemp("timecoded") / "ds"
+    result = CliRunner().invoke(app, ["build-dataset", "folder", "--source", str(source), "--out", str(out),
+                                      "--fps", str(TIMECODED_FPS), "--short-side", "64", "--samples-per-shard", "2",
+                                      "--workers", "2", "--no-card"])
+    assert result.exit_code == 0, result.output
+    return out

@@ -16,12 +16,15 @@ def write_timecoded(path, seconds: float = 20.0, fps: int = 25, size=(160, 120),
                     gop: int | None = None, audio: bool = True) -> None:
     """Encode `seconds` of timecoded H.264 (+ AAC) video to `path`; `gop` defaults to 2 s of frames."""
     width, height = size
-    with av.open(str(path), "w") as out:
+    options = {"movflags": "+faststart"} if str(path).endswith(".mp4") else {}  # index first, as streamed files
+    with av.open(str(path), "w", options=options) as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.gop_size = gop or 2 * fps
         video.options = {"preset": "ultrafast", "crf": "18"}
         sound = out.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
+        wave = burst_track(seconds, audio_rate) if audio else None
+        audio_done, step = 0, 1024
         for k in range(int(round(seconds * fps))):
             rgb = np.empty((height, width, 3), np.uint8)
             rgb[..., 0] = 16 * (k % 16) + 8
@@ -30,17 +33,21 @@ def write_timecoded(path, seconds: float = 20.0, fps: int = 25, size=(160, 120),
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = k, fractions.Fraction(1, fps)
             out.mux(video.encode(frame))
+            if sound is not None:  # interleave audio with video, as real files are
+                until = min(len(wave), int((k + 1) * audio_rate / fps))
+                while audio_done + step <= until or (until == len(wave) and audio_done < until):
+                    out.mux(sound.encode(_audio_frame(wave, audio_done, step, audio_rate)))
+                    audio_done += step
         out.mux(video.encode())
         if sound is not None:
-            wave = burst_track(seconds, audio_rate)
-            step = 1024
-            for i in range(0, len(wave), step):
-                chunk = wave[i:i + step]
-                frame = av.AudioFrame.from_ndarray((chunk * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = audio_rate, i, fractions.Fraction(1, audio_rate)
-                out.mux(sound.encode(frame))
             out.mux(sound.encode())
 
+
+def _audio_frame(wave: np.ndarray, start: int, step: int, rate: int) -> av.AudioFrame:
+    chunk = (wave[start:start + step] * 32767).astype(np.int16)[None, :]
+    frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = rate, start, fractions.Fraction(1, rate)
+    return frame
 
 def burst_track(seconds: float, rate: int) -> np.ndarray:
     """Silence with a 50 ms 1 kHz sine burst starting at every whole second."""
@@ -54,10 +61,10 @@ def frame_index(rgb: np.ndarray) -> int:
     return digits[0] + 16 * digits[1] + 256 * digits[2]
 
 
-def burst_onsets(wave: np.ndarray, rate: int) -> np.ndarray:
-    """Times (s) where bursts start: the first loud sample after at least 0.5 s of quiet."""
+def burst_onsets(wave: np.ndarray, rate: int, quiet: float = 0.5) -> np.ndarray:
+    """Times (s) where bursts start: the first loud sample after at least `quiet` seconds of quiet."""
     loud = np.flatnonzero(np.abs(wave) > 0.1)
     if loud.size == 0:
         return np.array([])
-    starts = loud[np.concatenate([[True], np.diff(loud) > rate // 2])]
+    starts = loud[np.concatenate([[True], np.diff(loud) > int(quiet * rate)])]
     return starts / rate

@@ -1,0 +1,181 @@
+"""Where shards come from: local paths and dataset folders, brace patterns, http(s)://, s3://, pipe:. Torch-free.
+
+A source spec is one string: a dataset folder or prefix (its shards and sample counts come from dataset.json),
+a shard URL or brace pattern (`ks-train-{000000..000099}.tar`), or a `pipe:COMMAND` writing a tar to stdout.
+A trailing `@WEIGHT` mixes several sources in training (`data/ks100@0.7 s3://b/vgg@0.3`).
+
+Sample counts come from dataset.json (the dataset's own or the one beside the shards), never from counting a
+stream: training needs them before the first sample to fix the steps per epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import IO
+
+import braceexpand
+
+DATASET_JSON = "dataset.json"
+RETRIES = 4
+
+
+@dataclasses.dataclass
+class Source:
+    spec: str
+    urls: list[str]
+    shard_samples: list[int | None]  # per shard, from dataset.json; None where unknown
+    weight: float = 1.0
+
+    @property
+    def num_samples(self) -> int | None:
+        return None if None in self.shard_samples else sum(self.shard_samples)
+
+
+class SourceError(ValueError):
+    """A source spec that names nothing readable; the message names the spec and what to do."""
+
+
+@functools.lru_cache(maxsize=None)
+def _s3_client_for(pid: int):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}))
+
+
+def s3_client():
+    """One boto3 S3 client per process (clients are not fork-safe), from the standard AWS environment."""
+    return _s3_client_for(os.getpid())
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def open_url(url: str) -> IO[bytes]:
+    """A readable binary stream for a local path, http(s) URL, s3://bucket/key or pipe:COMMAND.
+
+    Opening is retried with backoff (network and object-store hiccups); a missing object raises at once.
+    """
+    if url.startswith("pipe:"):
+        return _PipeStream(url[len("pipe:"):])
+    if url.startswith(("http://", "https://")):
+        return _with_retries(lambda: urllib.request.urlopen(url, timeout=60), url)
+    if url.startswith("s3://"):
+        bucket, key = split_s3(url)
+        return _with_retries(lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"], url)
+    return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+
+
+def _is_missing(exc: Exception) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code in (403, 404, 410)
+    return type(exc).__name__ in ("NoSuchKey", "NoSuchBucket") or "NoSuchKey" in str(exc)
+
+
+def _with_retries(attempt, url: str):
+    for k in range(RETRIES):
+        try:
+            return attempt()
+        except Exception as exc:
+            if _is_missing(exc) or k == RETRIES - 1:
+                raise OSError(f"cannot open {url}: {exc}") from exc
+            time.sleep(0.5 * 2 ** k)
+
+
+class _PipeStream:
+    """stdout of a shell command; closing it waits for the command and reports a failure."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE)
+        self.stdout = self.process.stdout
+
+    def read(self, *args):
+        return self.stdout.read(*args)
+
+    def close(self):
+        self.stdout.close()
+        code = self.process.wait()
+        if code not in (0, -13, 141):  # SIGPIPE when the reader stops early is fine
+            raise OSError(f"pipe:{self.command} exited with {code}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_json(url: str) -> dict | None:
+    """A JSON document at `url`, or None when there is none."""
+    try:
+        with open_url(url) as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if isinstance(exc.__cause__, Exception) and _is_missing(exc.__cause__):
+            return None
+        raise
+
+
+def parse_spec(spec: str) -> tuple[str, float]:
+    """'url@0.3' -> ('url', 0.3); a trailing '@' part that is not a number belongs to the URL."""
+    head, sep, tail = spec.rpartition("@")
+    if sep:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def resolve(spec: str, split: str = "train") -> Source:
+    """The shards and sample counts one spec names (see the module docstring)."""
+    url, weight = parse_spec(spec.strip())
+    if url.startswith("pipe:"):
+        return Source(spec, [url], [None], weight)
+    if not url.endswith(".tar"):
+        info = read_json(url.rstrip("/") + "/" + DATASET_JSON)
+        if info is None:
+            raise SourceError(f"{url}: neither a .tar shard pattern nor a dataset folder with {DATASET_JSON}; "
+                              "pass a dataset folder built by `avtools build-dataset` or shard URLs ending in .tar")
+        return _dataset_split(url.rstrip("/"), info, split, spec, weight)
+    urls = list(braceexpand.braceexpand(url))
+    parent = url.rsplit("/", 1)[0] if "/" in url else "."
+    info = read_json(parent + "/" + DATASET_JSON)
+    counts = _shard_counts(info)
+    return Source(spec, urls, [counts.get(u.rsplit("/", 1)[-1]) for u in urls], weight)
+
+
+def resolve_all(specs: list[str] | str, split: str = "train") -> list[Source]:
+    """Several specs (a list, or one string separated by spaces) resolved; each must name at least one shard."""
+    items = specs.split() if isinstance(specs, str) else [s for item in specs for s in item.split()]
+    if not items:
+        raise SourceError("no data source given: pass a dataset folder, shard URLs or a pipe: command")
+    return [resolve(item, split) for item in items]
+
+
+def _shard_counts(info: dict | None) -> dict[str, int]:
+    if not info:
+        return {}
+    return {shard["name"]: shard["samples"] for s in info["splits"].values() for shard in s["shards"]}
+
+
+def _dataset_split(url: str, info: dict, split: str, spec: str, weight: float) -> Source:
+    splits = info.get("splits", {})
+    if split not in splits or not splits[split]["shards"]:
+        have = ", ".join(f"{name} ({len(s['shards'])} shards)" for name, s in splits.items()) or "none"
+        raise SourceError(f"{url}: no shards for split '{split}' in {DATASET_JSON}; splits: {have}")
+    shards = splits[split]["shards"]
+    return Source(spec, [f"{url}/{s['name']}" for s in shards], [s["samples"] for s in shards], weight)

@@ -1,0 +1,224 @@
+"""Shards to batches of views, distributed-correct, for training and for evaluation.
+
+Training (`TrainStream`): every rank and worker draws shards with replacement (weighted by source) from its own
+seeded generator, so no rank can run out; the epoch is a fixed number of batches computed from dataset.json's
+sample counts (open_clip's arithmetic: steps = N // (batch * world), split evenly over workers), so every rank
+takes the same number of steps. Raw sample bytes are shuffled in a bounded buffer before decoding.
+
+Evaluation (`EvalStream`): shard i goes to slot i mod (world * workers); each slot reads its shards once, in
+order, and pads to the sample count dataset.json promises, so a sample is seen exactly once. Every rank yields
+the same number of full batches: short ones are filled, and ranks with fewer batches add whole ones, with
+invalid samples (`valid == False`), which is also what a corrupt sample becomes.
+
+Bad data (a truncated shard, a corrupt JPEG, a sample without its audio or json) is skipped (training) or marked
+invalid (evaluation), counted, and reported in rate-limited warnings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from avcl.data.decode import SampleError
+from avcl.data.sources import Source, open_url
+from avcl.data.views import ViewSpec, empty_views, make_views
+
+log = logging.getLogger("avcl.data")
+
+
+class BadData:
+    """Counts skipped items per kind and logs the 1st, 2nd, 4th, 8th... of each kind (rate-limited)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, exc: Exception) -> bool:  # a WebDataset handler: True means go on
+        kind = type(exc).__name__
+        n = self.counts[kind] = self.counts.get(kind, 0) + 1
+        if n & (n - 1) == 0:
+            detail = " ".join(str(a) for a in exc.args if isinstance(a, str))
+            log.warning("skipped bad data (%s #%d): %s", kind, n, detail[:300])
+        return True
+
+
+MAX_UNREADABLE_IN_A_ROW = 32
+
+
+def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
+    failures = 0
+    for url in urls:
+        try:
+            stream = open_url(url)
+        except Exception as exc:
+            failures += 1
+            if failures >= MAX_UNREADABLE_IN_A_ROW:
+                raise OSError(f"{failures} shards in a row could not be opened, the last {url}: {exc}") from exc
+            bad(OSError(f"cannot read shard {url}: {exc}"))
+            continue
+        failures = 0
+        try:
+            yield {"url": url, "stream": stream}
+        finally:
+            stream.close()
+
+
+def read_samples(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
+    """Raw samples ({'__key__', ext: bytes}) of the shards at `urls`, grouped by WebDataset's own code."""
+    def files():
+        for shard in _open_shards(urls, bad):
+            yield from tar_file_expander([shard], handler=bad, eof_value=None)
+            yield {}  # end of shard, also after a truncated one, so no sample spans two shards
+
+    return group_by_keys(files(), handler=bad)
+
+
+def collate(views: list[dict]) -> dict:
+    batch = {}
+    for key in views[0]:
+        if key == "key":
+            batch[key] = [v[key] for v in views]
+        else:
+            batch[key] = torch.from_numpy(np.stack([v[key] for v in views]))
+    return batch
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _with_key(views: dict, key: str) -> dict:
+    views["key"] = key
+    return views
+
+
+@dataclasses.dataclass
+class StreamConfig:
+    batch_size: int
+    workers: int = 2
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
+    epoch: int = 0
+    shuffle: int = 1000  # raw samples in the shuffle buffer (bytes, not decoded tensors)
+    audio_rate: int = 16000  # for the shape of invalid stand-ins when no sample could be read
+
+
+class TrainStream(IterableDataset):
+    """Endless resampled shards cut into equal epochs of `steps_per_epoch` batches on every rank."""
+
+    def __init__(self, sources: list[Source], spec: ViewSpec, config: StreamConfig,
+                 epoch_samples: int | None = None):
+        self.sources, self.spec, self.config = sources, spec, config
+        total = epoch_samples or _total_samples(sources)
+        workers = max(1, config.workers)
+        steps = max(1, total // (config.batch_size * config.world_size))
+        self.batches_per_worker = math.ceil(steps / workers)
+        self.steps_per_epoch = self.batches_per_worker * workers
+
+    def __iter__(self):
+        worker, _ = _worker()
+        c = self.config
+        rng = np.random.default_rng([c.seed, c.epoch, c.rank, worker])
+        bad = BadData()
+        urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
+        raw = _shuffle(read_samples(urls, bad), bufsize=c.shuffle, initial=min(c.shuffle, 100),
+                       rng=random.Random(int(rng.integers(2 ** 62))))
+        views = (v for v in (self._views(s, rng, bad) for s in raw) if v is not None)
+        batches = (collate(list(itertools.islice(views, c.batch_size))) for _ in itertools.count())
+        yield from itertools.islice(batches, self.batches_per_worker)
+
+    def _views(self, sample: dict, rng, bad: BadData) -> dict | None:
+        try:
+            return _with_key(make_views(sample, self.spec, rng), sample["__key__"])
+        except SampleError as exc:
+            bad(exc)
+            return None
+
+
+def _total_samples(sources: list[Source]) -> int:
+    unknown = [s.spec for s in sources if s.num_samples is None]
+    if unknown:
+        raise ValueError(f"no sample counts for {unknown}: point at a dataset folder or at shards with their "
+                         "dataset.json beside them, or give the epoch size explicitly")
+    return sum(s.num_samples for s in sources)
+
+
+def _weighted_shards(sources: list[Source], rng: random.Random) -> Iterator[str]:
+    weights = [s.weight for s in sources]
+    while True:
+        source = rng.choices(sources, weights)[0]
+        yield rng.choice(source.urls)
+
+
+class EvalStream(IterableDataset):
+    """Every sample exactly once over ranks and workers; the same number of full batches on every rank."""
+
+    def __init__(self, sources: list[Source], spec: ViewSpec, config: StreamConfig):
+        self.spec, self.config = spec, config
+        self.shards = [(url, n) for s in sources for url, n in zip(s.urls, s.shard_samples)]
+        self.workers = max(1, config.workers)
+        slots = config.world_size * self.workers
+        if slots > 1 and any(n is None for _, n in self.shards):
+            raise ValueError("evaluation over several ranks or workers needs each shard's sample count: "
+                             "read a dataset folder, or shards with their dataset.json beside them")
+        self.slot_samples = [sum(n or 0 for _, n in self.shards[i::slots]) for i in range(slots)]
+        per_rank = [sum(math.ceil(n / config.batch_size) for n in self.slot_samples[r * self.workers:(r + 1) * self.workers])
+                    for r in range(config.world_size)]
+        self.batches_per_rank = max(per_rank) if per_rank else 0
+        self.extra_batches = self.batches_per_rank - per_rank[config.rank]
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def __iter__(self):
+        worker, _ = _worker()
+        c = self.config
+        slot = c.rank * self.workers + worker
+        mine = self.shards[slot::c.world_size * self.workers]
+        bad = BadData()
+        expected = self.slot_samples[slot] if all(n is not None for _, n in mine) else None
+        views = self._views(read_samples((url for url, _ in mine), bad), bad)
+        if expected is not None:  # a truncated shard must not cost this rank a batch
+            views = itertools.islice(itertools.chain(views, self._invalid_forever()), expected)
+        for chunk in _chunks(views, c.batch_size):
+            yield collate(chunk + [self._invalid()] * (c.batch_size - len(chunk)))
+        if worker == 0:
+            for _ in range(self.extra_batches):
+                yield collate([self._invalid()] * c.batch_size)
+
+    def _views(self, samples, bad: BadData):
+        for sample in samples:
+            try:
+                yield _with_key(make_views(sample, self.spec, None), sample["__key__"])
+            except SampleError as exc:
+                bad(exc)
+                yield self._invalid()
+
+    def _invalid(self) -> dict:
+        return _with_key(empty_views(self.spec, self.config.audio_rate), "")
+
+    def _invalid_forever(self):
+        while True:
+            yield self._invalid()
+
+
+def _chunks(items, size: int):
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def loader(stream: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over a stream that already yields batches."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)

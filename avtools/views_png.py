@@ -1,0 +1,63 @@
+"""`avtools inspect --views METHOD`: a PNG of what the model sees from one sample under a method's views.
+
+One row per view: a few of its frames after the training augmentation (de-normalised for display) and, when
+the method uses audio, the view's log-mel; titles carry the labels the method learns from (speed, direction,
+order).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from avtools.inspect import first_raw_sample
+
+FRAMES_SHOWN = 6
+
+
+def save_views_png(url: str, method: str, out: Path, seed: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from avcl.data.augment import DeviceAugment
+    from avcl.data.stream import collate
+    from avcl.data.views import METHOD_VIEWS, make_views
+
+    if method not in METHOD_VIEWS:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHOD_VIEWS)}")
+    spec = METHOD_VIEWS[method]
+    sample = first_raw_sample(url)
+    views = make_views(sample, spec, np.random.default_rng(seed))
+    augment = DeviceAugment()
+    seen = augment(collate([views]), train=True, generator=torch.Generator().manual_seed(seed))
+    video = (seen["video"][0] * augment.std[0] + augment.mean[0]).clamp(0, 1)  # [N, 3, T, H, W]
+    audio = seen.get("audio")
+    n, columns = video.shape[0], FRAMES_SHOWN + (audio is not None)
+    fig, axes = plt.subplots(n, columns, figsize=(1.6 * columns + 1.4 * (audio is not None), 1.7 * n), squeeze=False)
+    frame_ids = np.linspace(0, video.shape[2] - 1, FRAMES_SHOWN).round().astype(int)
+    for row in range(n):
+        for col, t in enumerate(frame_ids):
+            axes[row, col].imshow(video[row, :, t].permute(1, 2, 0).numpy())
+            axes[row, col].set_title(f"frame {t}", fontsize=7)
+        axes[row, 0].set_ylabel(_view_title(spec, views, row), fontsize=7)
+        if audio is not None:
+            axes[row, -1].imshow(audio[0, row, 0].numpy(), origin="lower", aspect="auto", cmap="magma")
+            axes[row, -1].set_title("log-mel", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    order = f", order class {int(views['order'])}" if int(views["order"]) >= 0 else ""
+    fig.suptitle(f"{method} views of {sample['__key__']}{order}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _view_title(spec, views: dict, row: int) -> str:
+    speed = spec.speeds[int(views["speed"][row])]
+    direction = "backward" if views["direction"][row] else "forward"
+    return f"view {row}\n{speed}x {direction}\nt={float(views['start'][row]):.2f}s"
