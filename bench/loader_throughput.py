@@ -1,0 +1,172 @@
+"""Benchmark: two-view audio-visual samples per second per core, ready for the device.
+
+    python bench/loader_throughput.py [--videos 24] [--samples 300]
+
+One run, the same clips three ways, each in one process with one torch/BLAS thread (so per core):
+  1. avcl TrainStream over local JPEG shards built by `avtools build-dataset folder`;
+  2. the same over the loopback moto S3 server;
+  3. an AVID-style loader: per sample, open the source mp4 with PyAV, seek and decode 16 frames at 16 fps
+     for each of two views (scaled to 128 short side by the decoder) plus 2 s of audio resampled to 16 kHz.
+A sample is two 16x112x112 clips (canvas 112) with 2 s of 16 kHz audio each. Appends to BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import fractions
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SECONDS, FPS, SIZE = 10, 25, (320, 240)
+
+
+def write_textured(path: Path, seed: int) -> None:
+    """A 10 s H.264+AAC video of a drifting random texture (not trivially compressible) and a tone."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 255, (SIZE[1] // 8 + 1, SIZE[0] // 8 + 64, 3), np.uint8).repeat(8, 0).repeat(8, 1)
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        video.options = {"preset": "veryfast", "crf": "23"}
+        audio = out.add_stream("aac", rate=48000, layout="mono")
+        tone = (0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * np.arange(48000 * SECONDS) / 48000) * 32767).astype(np.int16)
+        step = 1024
+        done = 0
+        for k in range(SECONDS * FPS):
+            shift = 2 * k
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:SIZE[1], shift % 256:shift % 256 + SIZE[0]]), format="rgb24")
+            frame.pts, frame.time_base = k, fractions.Fraction(1, FPS)
+            out.mux(video.encode(frame))
+            until = (k + 1) * 48000 // FPS
+            while done + step <= until:
+                chunk = av.AudioFrame.from_ndarray(tone[None, done:done + step], format="s16", layout="mono")
+                chunk.sample_rate, chunk.pts, chunk.time_base = 48000, done, fractions.Fraction(1, 48000)
+                out.mux(audio.encode(chunk))
+                done += step
+        out.mux(video.encode())
+        out.mux(audio.encode())
+
+
+def avcl_rate(spec_urls: list[str], samples: int) -> float:
+    from avcl.data.sources import resolve_all
+    from avcl.data.stream import StreamConfig, TrainStream
+    from avcl.data.views import ViewSpec
+
+    spec = ViewSpec(clips=2, frames=16, canvas=112, audio_seconds=2.0)
+    stream = TrainStream(resolve_all(spec_urls), spec, StreamConfig(batch_size=8, workers=0, shuffle=64),
+                         epoch_samples=10 ** 9)
+    iterator = iter(stream)
+    next(iterator)  # warm-up: first shard open, shuffle buffer fill
+    started = time.perf_counter()
+    for _ in range(samples // 8):
+        batch = next(iterator)
+        assert batch["video"].shape == (8, 2, 16, 112, 112, 3)
+    return (samples // 8) * 8 / (time.perf_counter() - started)
+
+
+def avid_style_rate(files: list[Path], samples: int) -> float:
+    """Decode each sample from its mp4: two random 16-frame windows at 16 fps plus 2 s of audio per window."""
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for i in range(samples):
+        path = files[i % len(files)]
+        for _ in range(2):
+            t0 = float(rng.uniform(0, SECONDS - 2))
+            clip = _decode_window(path, t0)
+            assert clip[0].shape == (16, 128, 170, 3)
+    return samples / (time.perf_counter() - started)
+
+
+def _decode_window(path: Path, t0: float) -> tuple[np.ndarray, np.ndarray]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        container.seek(int(t0 / stream.time_base), stream=stream)
+        frames, next_time = [], t0
+        for frame in container.decode(stream):
+            if frame.time < next_time - 1e-6:
+                continue
+            frames.append(frame.to_ndarray(format="rgb24", width=170, height=128))
+            next_time += 1 / 16
+            if len(frames) == 16:
+                break
+        audio_stream = container.streams.audio[0]
+        container.seek(int(t0 / audio_stream.time_base), stream=audio_stream)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        chunks, have = [], 0
+        for frame in container.decode(audio_stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray()[0])
+                have += out.samples
+            if have >= 32000:
+                break
+    return np.stack(frames), np.concatenate(chunks)[:32000]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--samples", type=int, default=320)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = []
+        for i in range(args.videos):
+            folder = work / "src" / "train" / f"class{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            files.append(folder / f"v{i}.mp4")
+            write_textured(files[-1], i)
+        subprocess.run([sys.executable, "-m", "avtools", "build-dataset", "folder", "--source", str(work / "src"),
+                        "--out", str(work / "ds"), "--fps", "16", "--short-side", "128", "--samples-per-shard", "8",
+                        "--no-card"], check=True, stdout=subprocess.DEVNULL)
+        local = avcl_rate([str(work / "ds")], args.samples)
+        s3 = with_s3(work / "ds", lambda url: avcl_rate([url], args.samples))
+        avid = avid_style_rate(files, max(16, args.samples // 8))
+    rows = [("avcl TrainStream, local JPEG shards", local), ("avcl TrainStream, loopback S3 (moto)", s3),
+            ("AVID-style: PyAV decode of each sample's mp4", avid)]
+    lines = [f"\n### two-view loader throughput ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+             f"{os.cpu_count()} cores, 1 process x 1 thread, {args.videos} 10 s {SIZE[0]}x{SIZE[1]} videos)\n",
+             "| loader | two-view samples/s/core |", "|---|---|"]
+    lines += [f"| {name} | {rate:.1f} |" for name, rate in rows]
+    lines.append(f"\nratios: local / AVID-style **{local / avid:.1f}x**, S3 / local **{s3 / local:.2f}**")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(ROOT / "BENCHMARKS.md", "a") as f:
+        f.write(text)
+
+
+def with_s3(folder: Path, measure):
+    """Upload a dataset folder to a moto S3 server on 127.0.0.1 and measure reading it from there."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="bench")
+        for path in folder.iterdir():
+            if path.is_file():
+                client.upload_file(str(path), "bench", f"ds/{path.name}")
+        return measure("s3://bench/ds")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
