@@ -46,8 +46,7 @@ def ffmpeg_dir(system_ffmpeg: Path | None = None) -> str:
 
 # Bounded HTTP range requests (FFmpeg >= 8): without them every seek asks for `bytes=N-` and the server pushes
 # data until the connection is dropped, which costs several times a short section's size.
-RANGED_HTTP_INPUT = {"-initial_request_size": "65536", "-request_size": str(1 << 16), "-multiple_requests": "1",
-                     "-probesize": "65536", "-analyzeduration": "500000"}
+RANGED_HTTP_INPUT = {"-initial_request_size": "65536", "-request_size": str(1 << 16), "-multiple_requests": "1"}
 
 
 @functools.lru_cache(maxsize=None)

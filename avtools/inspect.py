@@ -6,7 +6,7 @@ import tarfile
 from typing import IO, Iterator
 
 from avcl.data import schema
-from avcl.data.sources import DATASET_JSON, open_url, read_json
+from avcl.data.sources import dataset_info, open_url
 
 
 def iter_samples(stream: IO[bytes]) -> Iterator[dict]:
@@ -27,14 +27,9 @@ def iter_samples(stream: IO[bytes]) -> Iterator[dict]:
         yield current
 
 
-def read_dataset_json(url: str) -> dict | None:
-    """dataset.json of a dataset folder/prefix, or None if `url` is not one."""
-    return None if url.endswith(".tar") else read_json(url.rstrip("/") + "/" + DATASET_JSON)
-
-
 def describe(url: str) -> dict:
     """A dataset's counts and classes plus one sample's metadata, or a shard's counts and first sample."""
-    info = read_dataset_json(url)
+    info = dataset_info(url)
     if info is not None:
         first = next((s["shards"][0]["name"] for s in info["splits"].values() if s["shards"]), None)
         sample = first_sample(url.rstrip("/") + "/" + first) if first else None
@@ -77,23 +72,23 @@ def first_raw_sample(url: str) -> dict:
     """The first sample (raw bytes) of a dataset folder, shard pattern, shard or pipe: source."""
     from avcl.data.sources import resolve
 
-    for shard in resolve(url, split=_first_split(url)).urls:
-        with open_url(shard) as stream:
-            for sample in iter_samples(stream):
-                return sample
+    info = dataset_info(url)
+    split = next((name for name, s in info["splits"].items() if s["shards"]), "train") if info else "train"
+    for shard in resolve(url, split).urls:
+        sample = first_in_shard(shard)
+        if sample is not None:
+            return sample
     raise ValueError(f"{url}: no samples")
 
 
-def _first_split(url: str) -> str:
-    info = read_dataset_json(url) if "{" not in url and not url.startswith("pipe:") else None
-    return next((name for name, s in info["splits"].items() if s["shards"]), "train") if info else "train"
+def first_in_shard(url: str) -> dict | None:
+    with open_url(url) as stream:
+        return next(iter_samples(stream), None)
 
 
 def first_sample(url: str) -> dict | None:
-    with open_url(url) as stream:
-        for sample in iter_samples(stream):
-            return _sample_summary(sample, schema.decode_json(sample[schema.JSON_EXT]))
-    return None
+    sample = first_in_shard(url)
+    return None if sample is None else _sample_summary(sample, schema.decode_json(sample[schema.JSON_EXT]))
 
 
 def _sample_summary(sample: dict, meta: dict) -> dict:

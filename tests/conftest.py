@@ -28,6 +28,8 @@ def served(tmp_path_factory):
         shutil.copy(MEDIA / name, root / name)
     write_timecoded(root / "tc_a.mp4", seconds=30, size=(160, 120))
     write_timecoded(root / "tc_b.mp4", seconds=30, size=(120, 160), fps=30)
+    (root / "watch").mkdir()
+    shutil.copy(root / "tc_b.mp4", root / "watch" / "tc_b")  # a URL without a media suffix: yt-dlp extracts it
     with MediaServer(root) as server:
         yield server
 

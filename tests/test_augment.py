@@ -10,12 +10,6 @@ from avcl.data.audio import LogMel, MelConfig, SpecAugmentConfig, mel_filters, s
 from avcl.data.augment import DeviceAugment, VideoAugmentConfig, crop_resize, rotate_hue, eval_boxes
 
 
-def ramp_clips(m=2, t=3, size=16) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32)
-    img = (x[None, :] * 0.01 + x[:, None] * 0.001).expand(m, 3, t, size, size)
-    return img.clone()
-
-
 def test_centre_crop_at_scale_one_is_a_pixel_crop_and_flip_mirrors_it():
     clips = torch.rand(2, 3, 4, 16, 16)
     box = eval_boxes(1, 12, 16).repeat(2, 1)
@@ -42,6 +36,9 @@ def test_device_augment_shapes_and_determinism():
     assert a["video"].shape == (2, 2, 3, 4, 16, 16) and a["video"].dtype == torch.float32
     assert a["audio"].shape == (2, 2, 1, 40, 51)
     torch.testing.assert_close(a["video"], b["video"])
+    gray = DeviceAugment(VideoAugmentConfig(size=16, grayscale=1.0, normalize=False))(batch)["video"]
+    torch.testing.assert_close(gray[:, :, 0], gray[:, :, 1])
+    torch.testing.assert_close(gray[:, :, 1], gray[:, :, 2])
     test = aug(batch, train=False)
     assert test["video"].shape == (2, 6, 3, 4, 16, 16)  # 2 clips x 3 crops
     torch.testing.assert_close(test["video"], aug(batch, train=False)["video"])
@@ -70,9 +67,14 @@ def test_spec_augment_masks_bands_within_limits():
     config = SpecAugmentConfig(time_masks=1, time_width=10, freq_masks=1, freq_width=5)
     out = spec_augment(spec, config, torch.Generator().manual_seed(3))
     masked = out != spec
+    floor = spec.amin(dim=(-2, -1), keepdim=True).expand_as(spec)
+    assert torch.equal(out[masked], floor[masked])  # masked cells hold each map's minimum
+    widths = []
     for i in range(4):
         for j in range(2):
-            cols = masked[i, j].all(0).sum()
-            rows = masked[i, j].all(1).sum()
+            cols = int(masked[i, j].all(0).sum())
+            rows = int(masked[i, j].all(1).sum())
             assert cols <= 10 and rows <= 5
-            assert masked[i, j].sum() <= 10 * 40 + 5 * 100
+            assert masked[i, j].sum() == cols * 40 + rows * 100 - cols * rows  # only whole bands
+            widths.append(cols + rows)
+    assert sum(widths) > 0  # masks were drawn at all

@@ -24,7 +24,7 @@ ALL_KEYS = {f"train__{c}__tc{i}" for i, c in zip(range(7), ["down", "up"] * 4)}
 def eval_keys_and_videos(specs, batch_size=3, workers=0) -> dict[str, np.ndarray]:
     stream = EvalStream(resolve_all(specs, "train"), eval_spec(SPEC, 1), StreamConfig(batch_size, workers=workers))
     out = {}
-    for batch in loader(stream, workers):
+    for batch in loader(stream):
         for key, video, valid in zip(batch["key"], batch["video"], batch["valid"]):
             if valid:
                 out[key] = video.numpy()
@@ -66,7 +66,7 @@ def test_training_takes_equal_steps_on_every_rank_and_worker(timecoded_dataset):
     steps = []
     for rank in range(2):
         stream = TrainStream(sources, SPEC, StreamConfig(batch_size=2, workers=2, world_size=2, rank=rank, seed=1))
-        batches = list(loader(stream, 2))
+        batches = list(loader(stream))
         assert all(len(b["key"]) == 2 and set(b["key"]) <= ALL_KEYS for b in batches)
         steps.append(len(batches))
     # 7 samples // (2 per batch * 2 ranks) = 1 step, rounded up to a whole batch per worker
@@ -78,7 +78,7 @@ def test_evaluation_reads_every_sample_once_with_equal_batches_per_rank(timecode
     seen, batch_counts = [], []
     for rank in range(2):
         stream = EvalStream(sources, eval_spec(SPEC, 2), StreamConfig(batch_size=2, workers=2, world_size=2, rank=rank))
-        batches = list(loader(stream, 2))
+        batches = list(loader(stream))
         batch_counts.append(len(batches))
         assert len(batches) == len(stream)
         assert all(b["video"].shape[:2] == (2, 2) for b in batches)  # full batches, 2 test clips each
@@ -201,9 +201,9 @@ def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, c
     sources = resolve_all([str(broken)])
     spec = ViewSpec(clips=1, frames=8, canvas=64, audio_seconds=0.5)  # evaluation decodes frames 0-7
     with caplog.at_level(logging.WARNING, logger="avcl.data"):
-        train = list(loader(TrainStream(sources, spec, StreamConfig(batch_size=2, workers=0)), 0))
+        train = list(loader(TrainStream(sources, spec, StreamConfig(batch_size=2, workers=0))))
         stream = EvalStream(sources, eval_spec(spec, 1), StreamConfig(batch_size=2, workers=0))
-        evaluated = list(loader(stream, 0))
+        evaluated = list(loader(stream))
     assert len(train) == 3 and all(len(b["key"]) == 2 for b in train)
     good = {k for b in evaluated for k, ok in zip(b["key"], b["valid"]) if ok}
     assert good == {survivor, *last_keys}  # shard 0 truncated, shard 1 broken twice, one sample of shard 2

@@ -129,6 +129,13 @@ def read_json(url: str) -> dict | None:
         raise
 
 
+def dataset_info(url: str) -> dict | None:
+    """dataset.json of a dataset folder or prefix; None for shards, pipe: commands and folders without one."""
+    if url.startswith("pipe:") or url.endswith(".tar"):
+        return None
+    return read_json(url.rstrip("/") + "/" + DATASET_JSON)
+
+
 def parse_spec(spec: str) -> tuple[str, float]:
     """'url@0.3' -> ('url', 0.3); a trailing '@' part that is not a number belongs to the URL."""
     head, sep, tail = spec.rpartition("@")
@@ -146,7 +153,7 @@ def resolve(spec: str, split: str = "train") -> Source:
     if url.startswith("pipe:"):
         return Source(spec, [url], [None], weight)
     if not url.endswith(".tar"):
-        info = read_json(url.rstrip("/") + "/" + DATASET_JSON)
+        info = dataset_info(url)
         if info is None:
             raise SourceError(f"{url}: neither a .tar shard pattern nor a dataset folder with {DATASET_JSON}; "
                               "pass a dataset folder built by `avtools build-dataset` or shard URLs ending in .tar")

@@ -91,9 +91,13 @@ def collate(views: list[dict]) -> dict:
     return batch
 
 
-def _worker() -> tuple[int, int]:
+def _worker(configured: int) -> int:
+    """This DataLoader worker's id; the slot arithmetic needs the worker count the stream was configured with."""
     info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
+    workers = 1 if info is None else info.num_workers
+    if workers != max(1, configured):
+        raise RuntimeError(f"stream configured for {configured} workers runs under {workers}: use avcl.data.stream.loader")
+    return 0 if info is None else info.id
 
 
 def _with_key(views: dict, key: str) -> dict:
@@ -126,15 +130,15 @@ class TrainStream(IterableDataset):
         self.steps_per_epoch = self.batches_per_worker * workers
 
     def __iter__(self):
-        worker, _ = _worker()
         c = self.config
+        worker = _worker(c.workers)
         rng = np.random.default_rng([c.seed, c.epoch, c.rank, worker])
         bad = BadData()
         urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
         raw = _shuffle(read_samples(urls, bad), bufsize=c.shuffle, initial=min(c.shuffle, 100),
                        rng=random.Random(int(rng.integers(2 ** 62))))
         views = (v for v in (self._views(s, rng, bad) for s in raw) if v is not None)
-        batches = (collate(list(itertools.islice(views, c.batch_size))) for _ in itertools.count())
+        batches = (collate(chunk) for chunk in _chunks(views, c.batch_size))
         yield from itertools.islice(batches, self.batches_per_worker)
 
     def _views(self, sample: dict, rng, bad: BadData) -> dict | None:
@@ -181,15 +185,16 @@ class EvalStream(IterableDataset):
         return self.batches_per_rank
 
     def __iter__(self):
-        worker, _ = _worker()
         c = self.config
+        worker = _worker(c.workers)
         slot = c.rank * self.workers + worker
         mine = self.shards[slot::c.world_size * self.workers]
         bad = BadData()
         expected = self.slot_samples[slot] if all(n is not None for _, n in mine) else None
         views = self._views(read_samples((url for url, _ in mine), bad), bad)
         if expected is not None:  # a truncated shard must not cost this rank a batch
-            views = itertools.islice(itertools.chain(views, self._invalid_forever()), expected)
+            padding = (self._invalid() for _ in itertools.count())
+            views = itertools.islice(itertools.chain(views, padding), expected)
         for chunk in _chunks(views, c.batch_size):
             yield collate(chunk + [self._invalid()] * (c.batch_size - len(chunk)))
         if worker == 0:
@@ -207,10 +212,6 @@ class EvalStream(IterableDataset):
     def _invalid(self) -> dict:
         return _with_key(empty_views(self.spec, self.config.audio_rate), "")
 
-    def _invalid_forever(self):
-        while True:
-            yield self._invalid()
-
 
 def _chunks(items, size: int):
     iterator = iter(items)
@@ -218,7 +219,8 @@ def _chunks(items, size: int):
         yield chunk
 
 
-def loader(stream: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over a stream that already yields batches."""
+def loader(stream: TrainStream | EvalStream, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over a stream that already yields batches, with the stream's configured workers."""
+    workers = stream.config.workers
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import http.server
+import mimetypes
 import os
 import re
 import socket
@@ -115,7 +116,8 @@ class MediaServer:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Type", "video/mp4" if name.endswith(".mp4") else "application/octet-stream")
+                # files without a suffix stand in for video pages that yt-dlp's generic extractor resolves
+                self.send_header("Content-Type", mimetypes.guess_type(name)[0] or "video/mp4")
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()

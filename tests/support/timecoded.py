@@ -49,6 +49,7 @@ def _audio_frame(wave: np.ndarray, start: int, step: int, rate: int) -> av.Audio
     frame.sample_rate, frame.pts, frame.time_base = rate, start, fractions.Fraction(1, rate)
     return frame
 
+
 def burst_track(seconds: float, rate: int) -> np.ndarray:
     """Silence with a 50 ms 1 kHz sine burst starting at every whole second."""
     t = np.arange(int(seconds * rate)) / rate
