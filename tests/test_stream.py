@@ -12,7 +12,7 @@ import pytest
 
 from avcl.data.sources import SourceError, resolve, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
-from avcl.data.views import PERMUTATIONS_3, ViewSpec, eval_spec, make_views
+from avcl.data.views import ViewSpec, permutations, eval_spec, make_views
 from tests.conftest import TIMECODED_FPS
 from tests.support.httpserver import MediaServer
 from tests.support.timecoded import burst_onsets, frame_index
@@ -152,7 +152,7 @@ def test_tcgl_tuples_are_shuffled_snippets_with_their_order_label(timecoded_data
             assert np.all(np.diff(frame_indices(v)) == 1)
         tuple_start = min(starts)
         originals = tuple((s - tuple_start) // (4 + 2) for s in starts)
-        assert originals == PERMUTATIONS_3[int(views["order"])]
+        assert originals == permutations(3)[int(views["order"])]
         orders.add(int(views["order"]))
     assert orders == set(range(6))
 

@@ -20,7 +20,11 @@ import numpy as np
 
 from avcl.data.decode import SampleError, decode_audio, decode_frames, frame_count, sample_meta
 
-PERMUTATIONS_3 = list(itertools.permutations(range(3)))  # TCGL's order classes, lexicographic
+
+
+def permutations(n: int) -> list[tuple[int, ...]]:
+    """TCGL's order classes for n snippets: the permutations of range(n) in lexicographic order."""
+    return list(itertools.permutations(range(n)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +112,9 @@ def _plan_tuple(spec: ViewSpec, n_frames: int, fps: float, rng) -> tuple[list[Cl
     span = spec.clips * spec.frames * spec.stride + (spec.clips - 1) * spec.tuple_gap
     start = int(rng.integers(0, max(0, n_frames - span) + 1))
     snippet_starts = [start + i * (spec.frames * spec.stride + spec.tuple_gap) for i in range(spec.clips)]
-    order = int(rng.integers(len(PERMUTATIONS_3))) if spec.clips == 3 else 0
-    permutation = PERMUTATIONS_3[order] if spec.clips == 3 else range(spec.clips)
+    orders = permutations(spec.clips)
+    order = int(rng.integers(len(orders)))
+    permutation = orders[order]
     plans = []
     for original in permutation:  # position i holds the snippet that came originally at permutation[i]
         s = snippet_starts[original]

@@ -1,0 +1,142 @@
+"""Video backbones: R3D, R(2+1)D (torchvision's `VideoResNet` layout) and C3D (the VCOP/TCGL layout).
+
+State-dict keys and shapes match torchvision's `r3d_18` / `r2plus1d_18` exactly (pinned in the tests), so their
+published Kinetics checkpoints load; the 10-layer VCOP-style variants are the same networks with one block per
+stage. `width` scales every channel count (64 is the published network) so tests can build tiny ones.
+Every backbone has `features(x) -> [B, C, T', H', W']` (the conv5 map) and `forward(x)` (pooled, then `fc` when
+built with classes), and `out_dim`.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from avcl.registry import Registry
+
+BACKBONES = Registry("backbone")
+
+
+class Conv2Plus1D(nn.Sequential):
+    """A 3x3x3 convolution factorised into 1x3x3 spatial (+BN+ReLU) then 3x1x1 temporal (Tran et al. 2018)."""
+
+    def __init__(self, cin: int, cout: int, mid: int, stride: int = 1):
+        super().__init__(
+            nn.Conv3d(cin, mid, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False),
+            nn.BatchNorm3d(mid), nn.ReLU(inplace=True),
+            nn.Conv3d(mid, cout, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, conv, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        mid = (cin * cout * 27) // (cin * 9 + 3 * cout)  # torchvision: both (2+1)D convs of a block use this
+        self.conv1 = nn.Sequential(conv(cin, cout, mid, stride), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(conv(cout, cout, mid, 1), nn.BatchNorm3d(cout))
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout))
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + residual)
+
+
+def _simple(cin: int, cout: int, mid: int, stride: int) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _r3d_stem(width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(3, width, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+                         nn.BatchNorm3d(width), nn.ReLU(inplace=True))
+
+
+def _r2plus1d_stem(width: int) -> nn.Sequential:
+    mid = max(1, round(45 * width / 64))  # torchvision's fixed 45 at width 64
+    return nn.Sequential(nn.Conv3d(3, mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+                         nn.BatchNorm3d(mid), nn.ReLU(inplace=True),
+                         nn.Conv3d(mid, width, (3, 1, 1), padding=(1, 0, 0), bias=False),
+                         nn.BatchNorm3d(width), nn.ReLU(inplace=True))
+
+
+class VideoResNet(nn.Module):
+    """3D ResNet with BasicBlocks; `factorised` picks R(2+1)D convolutions and stem."""
+
+    def __init__(self, layers=(2, 2, 2, 2), factorised: bool = False, width: int = 64, num_classes: int = 0):
+        super().__init__()
+        conv = Conv2Plus1D if factorised else _simple
+        self.stem = (_r2plus1d_stem if factorised else _r3d_stem)(width)
+        widths = [width, width * 2, width * 4, width * 8]
+        cin = width
+        for stage, (blocks, cout) in enumerate(zip(layers, widths), start=1):
+            stride = 1 if stage == 1 else 2
+            stage_blocks = [BasicBlock(conv, cin, cout, stride)] + [BasicBlock(conv, cout, cout) for _ in range(blocks - 1)]
+            setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
+            cin = cout
+        self.out_dim = cin
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        init_like_torchvision(self)
+
+    def features(self, x):
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x):
+        return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+
+class C3D(nn.Module):
+    """C3D with BatchNorm and a global average pool (VCOP/TCGL's layout and key names: conv1, bn1, ..., linear).
+
+    Temporal pooling halves T three times, so inputs need at least 8 frames.
+    """
+
+    STAGES = (("1", 1, (1, 2, 2)), ("2", 2, (2, 2, 2)), ("3a", 4, None), ("3b", 4, (2, 2, 2)), ("4a", 8, None),
+              ("4b", 8, (2, 2, 2)), ("5a", 8, None), ("5b", 8, None))
+
+    def __init__(self, width: int = 64, num_classes: int = 0):
+        super().__init__()
+        cin = 3
+        for name, multiple, _ in self.STAGES:
+            setattr(self, f"conv{name}", nn.Conv3d(cin, width * multiple, 3, padding=1))
+            setattr(self, f"bn{name}", nn.BatchNorm3d(width * multiple))
+            cin = width * multiple
+        self.relu = nn.ReLU(inplace=True)
+        self.pools = nn.ModuleDict({name: nn.MaxPool3d(pool, pool) for name, _, pool in self.STAGES if pool})
+        self.out_dim = cin
+        self.pool5 = nn.AdaptiveAvgPool3d(1)
+        self.linear = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        init_like_torchvision(self)
+
+    def features(self, x):
+        for name, _, pool in self.STAGES:
+            x = self.relu(getattr(self, f"bn{name}")(getattr(self, f"conv{name}")(x)))
+            if pool:
+                x = self.pools[name](x)
+        return x
+
+    def forward(self, x):
+        return self.linear(self.pool5(self.features(x)).flatten(1))
+
+
+def init_like_torchvision(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv3d, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm3d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+_DEPTHS = {"10": (1, 1, 1, 1), "18": (2, 2, 2, 2), "34": (3, 4, 6, 3)}
+for _depth, _layers in _DEPTHS.items():
+    BACKBONES.register(f"r3d_{_depth}")(
+        lambda width=64, num_classes=0, _l=_layers: VideoResNet(_l, False, width, num_classes))
+    BACKBONES.register(f"r2plus1d_{_depth}")(
+        lambda width=64, num_classes=0, _l=_layers: VideoResNet(_l, True, width, num_classes))
+BACKBONES.register("c3d")(C3D)
