@@ -149,5 +149,58 @@ def manifest(
     console.print(f"{KS100}: {'up to date' if not changed else 'rewritten'}")
 
 
+@app.command()
+def train(
+    method: str = typer.Option(..., help="avcl, tcgl, temporal-av, xmodal or simclr (presets: manifests/presets/)."),
+    data: list[str] = typer.Option(..., help="Training sources: dataset folders, shard patterns "
+                                             "(s3://b/ks100/train-{000000..000127}.tar), http(s)://, pipe:CMD; "
+                                             "repeat or separate by spaces; URL@0.3 weights a mix."),
+    out: Path = typer.Option(..., help="The run folder: config.json, last.pt / best.pt, metrics.jsonl, curves.png."),
+    val_data: list[str] = typer.Option(None, help="Labelled validation sources for the online kNN monitor "
+                                                  "(--set run.knn_every=N)."),
+    config: Path = typer.Option(None, help="A TOML file of overrides ([method], [data], [optim], [run], ...)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override one key: --set optim.lr=0.05 --set method.tau=0.2"),
+    epochs: int = typer.Option(None, help="Epochs (an epoch = the training sources' sample count)."),
+    max_steps: int = typer.Option(None, help="Stop after this many optimiser steps instead."),
+    batch_size: int = typer.Option(None, help="Global batch, split over GPUs and accumulation steps."),
+    device: str = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt."),
+):
+    """Pre-train a method on shards; one GPU, or many with `torchrun --nproc-per-node N -m avtools train ...`."""
+    from avcl.train.config import ConfigError, load
+    from avcl.train.loop import TrainingError, train as run_training
+
+    overrides = list(set_ or [])
+    overrides += [f"data.train={json.dumps(data)}"]
+    for key, value in (("data.val", val_data), ("run.epochs", epochs), ("run.max_steps", max_steps),
+                       ("data.batch_size", batch_size), ("run.device", device)):
+        if value:
+            overrides.append(f"{key}={json.dumps(value)}")
+    try:
+        resolved = load(method, config, overrides)
+        run_training(resolved, out, resume=resume)
+    except (ConfigError, TrainingError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder written by `avtools train`."),
+    checkpoint: str = typer.Option("last", help="last, best or step_N."),
+    out: Path = typer.Option(None, help="Where to write (default RUN/export)."),
+):
+    """Write the video and audio encoders alone (torchvision-layout state_dicts) for use in other code."""
+    from avcl.train.export import export as export_encoders
+
+    try:
+        written = export_encoders(run, checkpoint, out)
+    except (OSError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
 def main() -> None:
     app()

@@ -35,6 +35,11 @@ class Method(nn.Module):
         """The clips, speeds and audio this method needs from each training sample."""
         return METHOD_VIEWS[self.name]
 
+    def video_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """[M, 3, T, H, W] evaluation clips -> [M, D] pooled video features, with the method's own input
+        preprocessing (TCGL removes the temporal mean downstream too)."""
+        return self.video(clips)
+
     def encoders(self) -> dict[str, nn.Module]:
         """The backbones worth exporting: {"video": ..., "audio": ...} (audio absent for video-only methods)."""
         return {key: getattr(self, key) for key in ("video", "audio") if isinstance(getattr(self, key, None), nn.Module)}

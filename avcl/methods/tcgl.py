@@ -172,8 +172,8 @@ class TCGL(Method):
         cfg = self.config
         return dataclasses.replace(METHOD_VIEWS["tcgl"], clips=cfg.snippets, frames=cfg.frames, tuple_gap=cfg.gap)
 
-    def embed(self, clips: torch.Tensor) -> torch.Tensor:
-        """[M, 3, T, H, W] -> [M, C] through STKD and the shared backbone."""
+    def video_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """[M, 3, T, H, W] -> [M, C] through STKD and the shared backbone (training and downstream alike)."""
         clips = stkd(clips, self.config.stkd)
         if self.config.video_backbone == "c3d" and clips.shape[2] < 8:
             clips = clips.repeat_interleave(self.config.c3d_frameset_repeat, dim=2)
@@ -184,9 +184,9 @@ class TCGL(Method):
         video, order = batch["video"], batch["order"]  # [B, S, 3, T, H, W] in shuffled order; [B]
         b, s, c, t, height, width = video.shape
         k = t // cfg.frameset
-        snippet_nodes = self.embed(flat(video)).view(b, s, -1)
+        snippet_nodes = self.video_features(flat(video)).view(b, s, -1)
         framesets = flat(video).unflatten(2, (k, cfg.frameset)).transpose(1, 2).reshape(-1, c, cfg.frameset, height, width)
-        frameset_nodes = self.embed(framesets).view(b, s, k, -1)
+        frameset_nodes = self.video_features(framesets).view(b, s, k, -1)
 
         intra_scope = (1, s, k, k) if cfg.intra_edge_mask_scope == "batch_per_position" else (b, s, k, k)
         intra1, intra2 = self.two_views(frameset_nodes, self.intra_adjacency.expand(1, s, k, k), intra_scope,

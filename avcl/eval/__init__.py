@@ -1,0 +1,1 @@
+"""Evaluation: features from frozen encoders, then one protocol per file."""

@@ -1,0 +1,190 @@
+"""The training configuration: typed dataclasses, method presets from manifests/presets/<method>.toml, overrides.
+
+Precedence: dataclass defaults < the method's preset < `--config FILE.toml` < `--set section.key=value`.
+The resolved config (every key) is printed at start, saved as RUN/config.json and inside every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+
+import avcl.methods as methods
+from avcl.data.audio import MelConfig, SpecAugmentConfig
+from avcl.data.augment import VideoAugmentConfig
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: list[str] = dataclasses.field(default_factory=list)  # sources: folders, patterns, URLs, `@weight`
+    val: list[str] = dataclasses.field(default_factory=list)  # labelled shards for the online kNN monitor
+    val_split: str = "val"
+    batch_size: int = 64  # global: split over ranks and accumulation steps
+    workers: int = 8  # loader processes per rank
+    shuffle: int = 1000
+    epoch_samples: int = 0  # 0: the sample counts in dataset.json
+    frames: int = 0  # 0: the method's own (16)
+    stride: int = 0  # 0: the method's own (1)
+    canvas: int = 128  # CPU-side square crop the device augmentation samples from
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1  # at base_batch; the run uses lr * batch_size / base_batch
+    base_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = False  # False: no weight decay on norm layers and biases
+    schedule: str = "cosine"  # cosine | plateau | constant
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    plateau_factor: float = 0.1  # plateau: lr *= factor after `plateau_patience` epochs without improvement
+    plateau_patience: int = 50
+    clip_grad: float = 0.0  # max gradient norm; 0 disables
+
+
+@dataclasses.dataclass
+class RunConfig:
+    epochs: int = 100
+    max_steps: int = 0  # 0: epochs * steps per epoch
+    accumulate: int = 1  # micro-batches per optimiser step
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "bf16"  # bf16 | fp16 | fp32 (autocast; losses are float32 either way)
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    log_every: int = 10  # steps
+    checkpoint_every: int = 500  # steps; also at every epoch end and at the end
+    keep_every: int = 0  # steps: also keep step_<N>.pt every this many; 0 keeps only last and best
+    knn_every: int = 0  # steps: online kNN accuracy on the val sources; 0 disables
+    knn_k: int = 20
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    method_name: str = "xmodal"
+    method: typing.Any = None  # the method's own config dataclass
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    video: VideoAugmentConfig = dataclasses.field(default_factory=VideoAugmentConfig)
+    mel: MelConfig = dataclasses.field(default_factory=MelConfig)
+    spec_augment: SpecAugmentConfig = dataclasses.field(default_factory=SpecAugmentConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def preset(method_name: str) -> dict:
+    """manifests/presets/<method>.toml as a dict (the published defaults of that method)."""
+    methods.METHODS.get(method_name)  # names the valid methods if unknown
+    text = resources.files("manifests").joinpath("presets", f"{method_name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def load(method_name: str, config_file: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    values = preset(method_name)
+    if config_file is not None:
+        merge(values, read_file(config_file))
+    for item in overrides:
+        merge(values, parse_override(item))
+    return from_dict(method_name, values)
+
+
+def read_file(path: Path) -> dict:
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            data.pop("method_name", None)
+            return data
+        return tomllib.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_override(item: str) -> dict:
+    """'optim.lr=0.05' -> {'optim': {'lr': 0.05}}; the value is read as TOML, else kept as a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.05")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    out: dict = {}
+    node = out
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def from_dict(method_name: str, values: dict) -> TrainConfig:
+    method_cls = methods.METHODS.get(method_name).Config
+    sections = {"method": method_cls}
+    sections.update({f.name: f.default_factory for f in dataclasses.fields(TrainConfig) if f.name not in ("method_name", "method")})
+    unknown = set(values) - set(sections)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; sections: {', '.join(sections)}")
+    built = {name: _build(cls, values.get(name, {}), name) for name, cls in sections.items()}
+    return TrainConfig(method_name=method_name, **built)
+
+
+def _build(cls, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{where}]; keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def _coerce(hint, value, where: str):
+    """TOML values to the field's type: lists to tuples, ints to floats; anything else must already match."""
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = origin or hint
+    if isinstance(base, type) and not isinstance(value, base):
+        raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    return value
+
+
+def to_text(config: TrainConfig) -> str:
+    """The resolved config as TOML-like sections, for the console and result rows."""
+    lines = [f"method_name = {json.dumps(config.method_name)}"]
+    for name, section in config.to_dict().items():
+        if isinstance(section, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in section.items()]
+    return "\n".join(lines)

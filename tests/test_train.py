@@ -1,0 +1,196 @@
+"""`avtools train` / `avtools export` end to end on tiny shards on CPU; DDP equivalence; crash safety; guards."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import avcl.methods as methods
+from avcl import models
+from avcl.data.views import METHOD_VIEWS
+from avcl.methods.xmodal import XModal
+from avcl.train import checkpoint
+from avcl.train.config import ConfigError, load
+from avcl.train.loop import TrainingError, train
+from avtools.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "method.width=4", "--set", "data.workers=0", "--set", "data.canvas=32", "--set", "video.size=32",
+        "--set", "run.log_every=1", "--set", "run.precision=fp32", "--set", "data.shuffle=4", "--device", "cpu",
+        "--batch-size", "4"]
+PER_METHOD = {"tcgl": ["--set", "method.frames=8", "--set", "method.gap=4"],
+              "temporal-av": ["--set", "data.frames=8", "--set", "method.queue_size=16"],
+              "avcl": ["--set", "data.frames=8", "--set", "method.proj_hidden=32", "--set", "method.amfm_heads=4"],
+              "xmodal": ["--set", "data.frames=8"], "simclr": ["--set", "data.frames=8", "--set", "method.proj_hidden=32"]}
+
+
+def run_cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", sorted(PER_METHOD))
+def test_every_method_trains_a_few_steps(method, timecoded_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--method", method, "--data", timecoded_dataset, "--out", run, "--max-steps", 2,
+                     *TINY, *PER_METHOD[method])
+    assert result.exit_code == 0, result.output
+    assert f'method_name = "{method}"' in result.output  # the resolved config is printed
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert any(k.startswith("loss/") for k in rows[0]) and "clips_per_s" in rows[0] and "data_wait" in rows[0]
+    saved = checkpoint.load(run / "last.pt")
+    assert saved["state"]["step"] == 2 and saved["method_name"] == method
+    assert json.loads((run / "config.json").read_text())["method"]["width"] == 4
+    assert (run / "curves.png").stat().st_size > 0
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_export_writes_torchvision_layout_encoders(timecoded_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--method", "xmodal", "--data", timecoded_dataset, "--out", run, "--max-steps", 1,
+                   *TINY, *PER_METHOD["xmodal"]).exit_code == 0
+    result = run_cli("export", run)
+    assert result.exit_code == 0, result.output
+    video = torch.load(run / "export" / "video_encoder.pt", weights_only=True)
+    models.build("r2plus1d_18", width=4).load_state_dict(video)  # strict: exactly the backbone's keys
+    audio = torch.load(run / "export" / "audio_encoder.pt", weights_only=True)
+    models.build("resnet18_2d", width=4).load_state_dict(audio)
+    assert json.loads((run / "export" / "export.json").read_text())["step"] == 1
+
+
+def test_resume_after_a_kill_continues_at_the_next_step(timecoded_dataset, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--method", "xmodal", "--data", timecoded_dataset, "--out", run, "--max-steps", 200,
+            *TINY, *PER_METHOD["xmodal"], "--set", "run.checkpoint_every=2", "--set", "optim.warmup_epochs=0"]
+    proc = subprocess.Popen([sys.executable, "-m", "avtools", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "last.pt").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = checkpoint.load(run / "last.pt")
+    step = saved["state"]["step"]
+    assert step >= 1
+    # resume with nothing left to do: the state written back is the state read (optimiser included)
+    result = run_cli("train", *map(str, args[1:7]), "--resume", "--max-steps", step, *TINY, *PER_METHOD["xmodal"])
+    assert result.exit_code == 0, result.output
+    again = checkpoint.load(run / "last.pt")
+    assert again["state"]["step"] == step and again["state"]["resumes"] == 1
+    for key, value in saved["optimizer"]["state"].items():
+        torch.testing.assert_close(again["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"])
+    before = len(metrics(run))
+    result = run_cli("train", *map(str, args[1:7]), "--resume", "--max-steps", step + 2, *TINY, *PER_METHOD["xmodal"])
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in metrics(run)[before:]] == [step + 1, step + 2]
+    assert run_cli("train", *map(str, args[1:7]), "--max-steps", 1, *TINY).exit_code == 2  # no silent overwrite
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    script = ROOT / "tests" / "support" / "ddp_equivalence.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, script, tmp_path / "one.pt"], check=True, env=env, cwd=ROOT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), script,
+                    tmp_path / "two.pt"], check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    sys.path.insert(0, str(script.parent))
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-6)
+    torch.manual_seed(0)
+    from ddp_equivalence import LinearXModal  # the initial weights, to show the steps moved them
+    initial = LinearXModal(LinearXModal.Config()).state_dict()
+    assert all((one[k] - initial[k]).abs().max() > 1e-3 for k in one)
+
+
+def test_a_killed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"state": {"step": 1}, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # what a kill during the write looks like from inside
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"state": {"step": 2}, "w": torch.zeros(3)}, path)
+    assert checkpoint.load(path)["state"]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+class NaNAtThree(XModal):
+    """xmodal whose third forward returns NaN."""
+
+    name = "nan-at-3"
+    calls = 0
+
+    def view_spec(self):
+        return METHOD_VIEWS["xmodal"]
+
+    def forward(self, batch):
+        loss, terms = super().forward(batch)
+        type(self).calls += 1
+        return (loss * float("nan") if type(self).calls == 3 else loss), terms
+
+
+def test_a_nan_stops_the_run_naming_step_terms_and_checkpoint(timecoded_dataset, tmp_path):
+    if "nan-at-3" not in methods.names():
+        methods.METHODS.register("nan-at-3")(NaNAtThree)
+    NaNAtThree.calls = 0
+    config = load("xmodal", overrides=[f'data.train=["{timecoded_dataset}"]', "method.width=4", "data.workers=0",
+                                       "data.canvas=32", "video.size=32", "data.frames=8", "run.device=\"cpu\"",
+                                       "data.batch_size=4", "run.checkpoint_every=2", "run.max_steps=5"])
+    config.method_name = "nan-at-3"
+    with pytest.raises(TrainingError, match=r"loss is nan at step 3 \(xmodal=.*acc_v2a=.*\).*last good checkpoint is "
+                                            r".*last\.pt \(step 2\)"):
+        train(config, tmp_path / "run")
+
+
+def test_missing_data_fails_fast_naming_the_source(tmp_path):
+    started = time.time()
+    result = run_cli("train", "--method", "xmodal", "--data", tmp_path / "nowhere" / "train-{000000..000003}.tar",
+                     "--out", tmp_path / "run", "--device", "cpu")
+    assert result.exit_code == 2 and "nowhere/train-000000.tar" in result.output.replace("\n", "")
+    assert time.time() - started < 20
+
+
+def test_config_layers_and_named_errors(tmp_path):
+    file = tmp_path / "mine.toml"
+    file.write_text("[optim]\nlr = 0.02\n[method]\nnn_k = 3\n")
+    config = load("temporal-av", file, ["method.nn_k=7", "run.epochs=3"])
+    assert (config.optim.lr, config.method.nn_k, config.run.epochs, config.method.queue_size) == (0.02, 7, 3, 16384)
+    assert load("tcgl").video.normalize is False and load("tcgl").optim.schedule == "plateau"
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lrr'\] in \[optim\]"):
+        load("xmodal", overrides=["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load("xmodal", overrides=["lr"])
+
+
+def test_knn_monitor_logs_and_picks_best(timecoded_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--method", "xmodal", "--data", timecoded_dataset, "--val-data", timecoded_dataset,
+                     "--out", run, "--max-steps", 2, *TINY, *PER_METHOD["xmodal"], "--set", "data.val_split=train",
+                     "--set", "run.knn_every=1", "--set", "run.knn_k=3")
+    assert result.exit_code == 0, result.output
+    rows = metrics(run)
+    assert all(0.0 <= r["knn_top1"] <= 1.0 for r in rows)  # 7 labelled samples, leave-one-out
+    best = checkpoint.load(run / "best.pt")["state"]
+    assert best["best"] == pytest.approx(max(r["knn_top1"] for r in rows), abs=1e-5)
