@@ -101,15 +101,31 @@ def test_resume_after_a_kill_continues_at_the_next_step(timecoded_dataset, tmp_p
     assert run_cli("train", *map(str, args[1:7]), "--max-steps", 1, *TINY).exit_code == 2  # no silent overwrite
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_cli_under_torchrun(timecoded_dataset, tmp_path):
+    """`torchrun --nproc-per-node 2 -m avtools train ...` on CPU: gloo, one metrics file, equal steps."""
+    run = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+               "-m", "avtools", "train", "--method", "xmodal", "--data", timecoded_dataset, "--out", run,
+               "--max-steps", 3, *TINY, *PER_METHOD["xmodal"]]
+    subprocess.run(list(map(str, command)), check=True, cwd=ROOT, capture_output=True, timeout=300,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3]
+    assert checkpoint.load(run / "last.pt")["state"]["step"] == 3
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path):
     script = ROOT / "tests" / "support" / "ddp_equivalence.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, script, tmp_path / "one.pt"], check=True, env=env, cwd=ROOT)
     torchrun = Path(sys.executable).with_name("torchrun")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), script,
+    subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script,
                     tmp_path / "two.pt"], check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     sys.path.insert(0, str(script.parent))
