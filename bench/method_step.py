@@ -33,11 +33,8 @@ def build(name: str, device) -> methods.Method:
 
 
 def batch_on(method, batch: int, device) -> dict:
-    spec = method.view_spec()
-    frames = spec.frames
     mels, audio_frames = 80, 101  # 1 s of 16 kHz audio, hop 160
-    data = random_batch(dataclasses.replace(spec, frames=frames), batch=batch, size=112, mels=mels,
-                        audio_frames=audio_frames)
+    data = random_batch(method.view_spec(), batch=batch, size=112, mels=mels, audio_frames=audio_frames)
     return {k: v.to(device) for k, v in data.items()}
 
 

@@ -87,6 +87,11 @@ def test_cocorrelation_and_guided_alignment():
 
 # ---- two gloo ranks give the single-process numbers --------------------------------------------------------
 
+GATHERED = {"info_nce": lambda a, b: losses.symmetric_info_nce(a, b, 0.1)[0],
+            "nt_xent": lambda a, b: losses.nt_xent(a, b, 0.1)[0],
+            "cocorrelation": lambda a, b: losses.cocorrelation_loss(a, b, 5e-3)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,9 +104,7 @@ def _rank(rank: int, port: int, q, k, out):
     mine = slice(rank * half, (rank + 1) * half)
     q_r, k_r = q[mine].clone().requires_grad_(), k[mine].clone().requires_grad_()
     results = {}
-    for name, fn in (("info_nce", lambda a, b: losses.symmetric_info_nce(a, b, 0.1)[0]),
-                     ("nt_xent", lambda a, b: losses.nt_xent(a, b, 0.1)[0]),
-                     ("cocorrelation", lambda a, b: losses.cocorrelation_loss(a, b, 5e-3))):
+    for name, fn in GATHERED.items():
         q_r.grad = k_r.grad = None
         loss = fn(q_r, k_r)
         loss.backward()
@@ -123,9 +126,7 @@ def test_two_ranks_match_one_process():
     ranked = dict(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
-    for name, fn in (("info_nce", lambda a, b: losses.symmetric_info_nce(a, b, 0.1)[0]),
-                     ("nt_xent", lambda a, b: losses.nt_xent(a, b, 0.1)[0]),
-                     ("cocorrelation", lambda a, b: losses.cocorrelation_loss(a, b, 5e-3))):
+    for name, fn in GATHERED.items():
         q1, k1 = q.clone().requires_grad_(), k.clone().requires_grad_()
         loss = fn(q1, k1)
         loss.backward()

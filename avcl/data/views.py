@@ -21,7 +21,6 @@ import numpy as np
 from avcl.data.decode import SampleError, decode_audio, decode_frames, frame_count, sample_meta
 
 
-
 def permutations(n: int) -> list[tuple[int, ...]]:
     """TCGL's order classes for n snippets: the permutations of range(n) in lexicographic order."""
     return list(itertools.permutations(range(n)))

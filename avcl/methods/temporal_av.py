@@ -119,8 +119,7 @@ class TemporalAV(Method):
             if self.training:
                 online = [p for name in _ONLINE for p in getattr(self, name).parameters()]
                 torch._foreach_lerp_(list(self.key.parameters()), online, 1 - cfg.momentum)
-            k_v = F.normalize(self.key["video_proj"](self.key["video"](flat(video))), dim=1)
-            k_a = F.normalize(self.key["audio_proj"](self.key["audio"](flat(audio))), dim=1)
+            k_v, k_a = self.key_embedding("video", flat(video)), self.key_embedding("audio", flat(audio))
         else:
             k_v, k_a = z_v.detach(), z_a.detach()
         keys = {"video": k_v, "audio": k_a}
@@ -130,10 +129,15 @@ class TemporalAV(Method):
 
     def shuffled_key(self, clip: torch.Tensor) -> torch.Tensor:
         """Key embedding of clip 0 with its frames in a random order: a negative for every video key set."""
-        shuffled = clip[:, :, torch.randperm(clip.shape[2], device=clip.device)]
+        return self.key_embedding("video", clip[:, :, torch.randperm(clip.shape[2], device=clip.device)])
+
+    def key_embedding(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projection by the momentum encoder (or, for online_stopgrad, the online one)."""
         if self.config.queue_source == "momentum":
-            return F.normalize(self.key["video_proj"](self.key["video"](shuffled)), dim=1)
-        return F.normalize(self.video_proj(self.video(shuffled)), dim=1)
+            encoder, projection = self.key[modality], self.key[f"{modality}_proj"]
+        else:
+            encoder, projection = getattr(self, modality), getattr(self, f"{modality}_proj")
+        return F.normalize(projection(encoder(x)), dim=1)
 
     @torch.no_grad()
     def enqueue(self, k_v: torch.Tensor, k_a: torch.Tensor) -> None:

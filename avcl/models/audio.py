@@ -12,7 +12,9 @@ from torch import nn
 from avcl.models.video import BACKBONES, init_like_torchvision
 
 
-class ResBlock2d(nn.Module):
+class PlainBlock2d(nn.Module):
+    """Two 3x3 conv + BN + ReLU layers without a shortcut (AVID's Basic2DBlock)."""
+
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -20,6 +22,16 @@ class ResBlock2d(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+class ResBlock2d(PlainBlock2d):
+    """torchvision's BasicBlock: the same two convolutions, the second's ReLU after adding the shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(cin, cout, stride)
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
@@ -54,21 +66,6 @@ class AudioResNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.avgpool(self.features(x)).flatten(1))
-
-
-class PlainBlock2d(nn.Module):
-    """Two 3x3 conv + BN + ReLU layers without a shortcut (AVID's Basic2DBlock)."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
 
 class Conv2D10(nn.Module):

@@ -100,7 +100,7 @@ class Trainer:
 
     def step(self, micro_batches: list[dict], step: int) -> tuple[float, dict[str, float]]:
         """One optimiser step over model-ready micro-batches; returns the mean loss and terms as floats."""
-        losses, terms_sum = [], {}
+        sums: dict[str, torch.Tensor] = {}
         for i, inputs in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             no_sync = self.model.no_sync() if (self.ctx.world > 1 and not last) else contextlib.nullcontext()
@@ -110,9 +110,8 @@ class Trainer:
                     loss, terms = self.forward(inputs)
                 self.check_finite(loss, terms, step)
                 self.scaler.scale(loss / len(micro_batches)).backward()
-            losses.append(loss.detach())
-            for key, value in terms.items():
-                terms_sum[key] = terms_sum.get(key, 0.0) + value
+            for key, value in {"loss": loss.detach().float(), **terms}.items():
+                sums[key] = sums.get(key, 0) + value
         if self.config.optim.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.method.parameters(), self.config.optim.clip_grad)
@@ -121,8 +120,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.optim.schedule != "plateau":
             self.scheduler.step()
-        n = len(micro_batches)
-        return torch.stack(losses).mean().item(), {k: float(v) / n for k, v in terms_sum.items()}
+        means = dict(zip(sums, (torch.stack(list(sums.values())) / len(micro_batches)).tolist()))  # one sync
+        return means.pop("loss"), means
 
     def check_finite(self, loss: torch.Tensor, terms: dict, step: int) -> None:
         """All ranks agree whether the loss is finite (so none is left waiting in an all-reduce)."""
