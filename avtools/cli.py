@@ -202,5 +202,77 @@ def export(
         console.print(f"wrote {path}")
 
 
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Argument(None, help="ucf101, hmdb51, kinetics-sounds32/31/100, esc50, vggsound, folder, demo."),
+    data: str = typer.Option(None, help="The dataset folder built by `avtools build-dataset` (local, http(s)://, "
+                                        "s3://)."),
+    protocol: str = typer.Option(None, help="linear, linear-svm-tcgl, linear-sgd, finetune, retrieval, knn, esc50, fingerprint "
+                                            "(default: linear; esc50 for esc50; fingerprint for vggsound)."),
+    checkpoint: str = typer.Option("random", help="A run folder (its last.pt), a checkpoint file, or `random`: "
+                                                  "the method's encoders at random initialisation (the floor)."),
+    method: str = typer.Option("xmodal", help="With --checkpoint random: whose encoders to build."),
+    splits: str = typer.Option(None, help="Official split(s): 1, 2, 3, a comma list or all (UCF101/HMDB51: "
+                                          "default 1; ESC-50: all 5 folds)."),
+    modality: str = typer.Option(None, help="video, audio, fused, a comma list or all (default: the dataset's: "
+                                            "video for UCF101/HMDB51, all three for Kinetics-Sounds/VGG-Sound)."),
+    set_: list[str] = typer.Option(None, "--set", help="Protocol setting: --set protocol.c_grid=[0.1,1] "
+                                                       "--set protocol.views=10x3; with --checkpoint random also "
+                                                       "model keys (--set method.width=16)."),
+    out: Path = typer.Option(None, help="Write results.json here (figures go beside it)."),
+    batch_size: int = typer.Option(16, help="Samples per batch and rank for feature extraction."),
+    workers: int = typer.Option(4, help="Loader processes per rank."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    precision: str = typer.Option("bf16", help="Autocast on CUDA: bf16, fp16 or fp32 (CPU runs fp32)."),
+    cache_dir: Path = typer.Option(None, help="Feature cache, keyed by checkpoint hash and settings (default "
+                                              "~/.cache/avtools/features, or $AVTOOLS_CACHE/features)."),
+    compare: list[Path] = typer.Option(None, help="Instead of evaluating: print these results.json files side by "
+                                                  "side (repeat, or a shell glob: --compare runs/*/results.json)."),
+):
+    """Evaluate frozen or fine-tuned encoders with a published protocol; prints and saves result rows.
+
+    Features are extracted once per checkpoint and settings and cached, so other classifiers cost seconds.
+    Under `torchrun --nproc-per-node N -m avtools eval ...` every rank extracts its share of the samples."""
+    from avcl.eval import report
+
+    if compare:
+        try:
+            report.compare(compare, Console())
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2)
+        return
+    if not dataset or not data:
+        console.print("[red]error:[/red] give a DATASET and --data (or --compare results.json files)")
+        raise typer.Exit(2)
+    from avcl.eval.datasets import EvalDataError
+    from avcl.eval.engine import EvalOptions
+    from avcl.eval.evaluate import EvalRequest, evaluate
+    from avcl.train.config import ConfigError
+    from avcl.train.loop import TrainingError
+
+    from avtools.ffmpeg import cache_dir as avtools_cache
+
+    figures = out.parent if out is not None else Path(".")
+    cache_dir = cache_dir or avtools_cache() / "features"
+    options = EvalOptions(data=data, batch_size=batch_size, workers=workers, precision=precision,
+                          cache_dir=cache_dir, figures_dir=figures)
+    request = EvalRequest(dataset, data, protocol, checkpoint, method, splits, modality, list(set_ or []), device,
+                          options)
+    try:
+        rows, engine = evaluate(request, log=console.print)
+    except (ConfigError, TrainingError, EvalDataError, KeyError, ValueError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    if engine.rank != 0:
+        return
+    report.print_rows(rows, Console())
+    console.print(f"features: {engine.cache_hits} split(s) from the cache, {engine.cache_misses} extracted")
+    if out is not None:
+        report.save(rows, out, {"request": {k: str(v) for k, v in vars(request).items() if k != "options"},
+                                "cache": {"hits": engine.cache_hits, "misses": engine.cache_misses}})
+        console.print(f"wrote {out}")
+
+
 def main() -> None:
     app()

@@ -125,6 +125,7 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
         if row.status != "ok":
             reasons[row.reason] = reasons.get(row.reason, 0) + 1
     settled = sum(1 for c in plan if c.clip_id in rows and not rows[c.clip_id].retryable)
+    folds = _fold_counts(plan, rows)
     return {
         **params,
         "complete": settled == len(plan),
@@ -132,7 +133,21 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
                    "settled": settled, "duplicates_in_annotations": duplicates},
         "failures": dict(sorted(reasons.items())),
         "splits": dict(sorted(splits.items())),
+        **({"folds": folds} if folds else {}),
     }
+
+
+def _fold_counts(plan, rows: dict[str, Row]) -> dict[str, dict[str, int]]:
+    """Available clips per official split and role (UCF101/HMDB51 `folds`): evaluation's epoch sizes."""
+    folds: dict[str, dict[str, int]] = {}
+    for clip in plan:
+        row = rows.get(clip.clip_id)
+        if row is None or row.status != "ok":
+            continue
+        for fold, role in clip.extra.get("folds", {}).items():
+            per_role = folds.setdefault(str(fold), {})
+            per_role[role] = per_role.get(role, 0) + 1
+    return dict(sorted(folds.items()))
 
 
 def write_dataset_json(store, summary: dict) -> None:

@@ -130,7 +130,8 @@ class DeviceAugment(nn.Module):
     def forward(self, batch: dict, train: bool = True, generator: torch.Generator | None = None) -> dict:
         device = self.mean.device
         out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out["video"] = self.video(out["video"], train, generator)
+        if "video" in out:
+            out["video"] = self.video(out["video"], train, generator)
         for key in ("audio", "audio_shifted"):
             if key in out:
                 out[key] = self.audio(out[key], train, generator)

@@ -10,6 +10,10 @@ order, and pads to the sample count dataset.json promises, so a sample is seen e
 the same number of full batches: short ones are filled, and ranks with fewer batches add whole ones, with
 invalid samples (`valid == False`), which is also what a corrupt sample becomes.
 
+Both streams take an optional `select(meta) -> bool` that keeps samples by their json before decoding (an
+official split's train or test videos). Evaluation with a selection cannot pad to a promised count, so ranks
+may then run different batch counts: `avcl.eval.features.extract` gathers once at the end, which allows that.
+
 Bad data (a truncated shard, a corrupt JPEG, a sample without its audio or json) is skipped (training) or marked
 invalid (evaluation), counted, and reported in rate-limited warnings.
 """
@@ -20,6 +24,7 @@ import itertools
 import logging
 import math
 import random
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -28,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from avcl.data.decode import SampleError
+from avcl.data.decode import SampleError, sample_meta
 from avcl.data.sources import Source, open_url
 from avcl.data.views import ViewSpec, empty_views, make_views
 
@@ -81,6 +86,19 @@ def read_samples(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
     return group_by_keys(files(), handler=bad)
 
 
+def selected(samples: Iterator[dict], select, bad: BadData) -> Iterator[dict]:
+    """The raw samples whose json passes `select` (all when None); a sample without readable json is bad."""
+    if select is None:
+        yield from samples
+        return
+    for sample in samples:
+        try:
+            if select(sample_meta(sample)):
+                yield sample
+        except SampleError as exc:
+            bad(exc)
+
+
 def collate(views: list[dict]) -> dict:
     batch = {}
     for key in views[0]:
@@ -121,8 +139,8 @@ class TrainStream(IterableDataset):
     """Endless resampled shards cut into equal epochs of `steps_per_epoch` batches on every rank."""
 
     def __init__(self, sources: list[Source], spec: ViewSpec, config: StreamConfig,
-                 epoch_samples: int | None = None):
-        self.sources, self.spec, self.config = sources, spec, config
+                 epoch_samples: int | None = None, select=None):
+        self.sources, self.spec, self.config, self.select = sources, spec, config, select
         total = epoch_samples or _total_samples(sources)
         workers = max(1, config.workers)
         steps = max(1, total // (config.batch_size * config.world_size))
@@ -135,7 +153,7 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng([c.seed, c.epoch, c.rank, worker])
         bad = BadData()
         urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
-        raw = _shuffle(read_samples(urls, bad), bufsize=c.shuffle, initial=min(c.shuffle, 100),
+        raw = _shuffle(selected(read_samples(urls, bad), self.select, bad), bufsize=c.shuffle, initial=min(c.shuffle, 100),
                        rng=random.Random(int(rng.integers(2 ** 62))))
         views = (v for v in (self._views(s, rng, bad) for s in raw) if v is not None)
         batches = (collate(chunk) for chunk in _chunks(views, c.batch_size))
@@ -165,10 +183,16 @@ def _weighted_shards(sources: list[Source], rng: random.Random) -> Iterator[str]
 
 
 class EvalStream(IterableDataset):
-    """Every sample exactly once over ranks and workers; the same number of full batches on every rank."""
+    """Every sample exactly once over ranks and workers; the same number of full batches on every rank.
 
-    def __init__(self, sources: list[Source], spec: ViewSpec, config: StreamConfig):
-        self.spec, self.config = spec, config
+    `seed` draws random (training-style) views, reproducibly per sample key: augmented crops for a classifier.
+    `perturb` (an object with `window(rng) -> (lo, hi)` and `apply(views, rng) -> views`) transforms each
+    sample's views, seeded per key: fingerprinting queries.
+    """
+
+    def __init__(self, sources: list[Source], spec: ViewSpec, config: StreamConfig, select=None,
+                 seed: int | None = None, perturb=None):
+        self.spec, self.config, self.select, self.seed, self.perturb = spec, config, select, seed, perturb
         self.shards = [(url, n) for s in sources for url, n in zip(s.urls, s.shard_samples)]
         self.workers = max(1, config.workers)
         slots = config.world_size * self.workers
@@ -190,8 +214,9 @@ class EvalStream(IterableDataset):
         slot = c.rank * self.workers + worker
         mine = self.shards[slot::c.world_size * self.workers]
         bad = BadData()
-        expected = self.slot_samples[slot] if all(n is not None for _, n in mine) else None
-        views = self._views(read_samples((url for url, _ in mine), bad), bad)
+        known = self.select is None and all(n is not None for _, n in mine)
+        expected = self.slot_samples[slot] if known else None
+        views = self._views(selected(read_samples((url for url, _ in mine), bad), self.select, bad), bad)
         if expected is not None:  # a truncated shard must not cost this rank a batch
             padding = (self._invalid() for _ in itertools.count())
             views = itertools.islice(itertools.chain(views, padding), expected)
@@ -203,14 +228,25 @@ class EvalStream(IterableDataset):
 
     def _views(self, samples, bad: BadData):
         for sample in samples:
+            key = sample["__key__"]
             try:
-                yield _with_key(make_views(sample, self.spec, None), sample["__key__"])
+                rng = None if self.seed is None and self.perturb is None else sample_rng(self.seed or 0, key)
+                window = self.perturb.window(rng) if self.perturb is not None else (0.0, 1.0)
+                views = make_views(sample, self.spec, rng if self.seed is not None else None, window)
+                if self.perturb is not None:
+                    views = self.perturb.apply(views, rng)
+                yield _with_key(views, key)
             except SampleError as exc:
                 bad(exc)
                 yield self._invalid()
 
     def _invalid(self) -> dict:
         return _with_key(empty_views(self.spec, self.config.audio_rate), "")
+
+
+def sample_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator seeded by (seed, sample key): the same draws for a sample on any rank, worker or run."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
 def _chunks(items, size: int):

@@ -9,7 +9,8 @@ A clip of T frames, stride s and speed k covers [t0, t0 + T*s*k / fps). Its audi
 covers `audio_seconds * k` of real time, so at speed 1 with `audio_seconds == T*s/fps` it has the same start and
 span as the frames. Speed k shortens that audio to `audio_seconds` by averaging each k samples (a box low-pass,
 then decimation: time compresses and pitch rises, as in playback), and a backward clip reverses its waveform.
-Outside the recording the window is zero-padded.
+Outside the recording the window is zero-padded. Audio-only samples (`video=False`, e.g. ESC-50) plan their
+windows on a 100 Hz grid of the recording instead of on frames.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class ViewSpec:
     inter_order: bool = False  # an extra audio window before / at / after clip 0 with a 3-way label
     canvas: int = 128  # frames leave the CPU as canvas x canvas crops; the device does the random resized crop
     test_clips: int = 0  # evaluation: this many clips evenly spaced, deterministic (replaces `clips`)
+    video: bool = True  # False: audio windows only (audio-only samples)
 
     @property
     def n_clips(self) -> int:
@@ -70,8 +72,16 @@ class ClipPlan:
     direction: int
 
 
-def plan_clips(spec: ViewSpec, n_frames: int, fps: float, rng: np.random.Generator) -> tuple[list[ClipPlan], int]:
-    """The clips of one video, and the order label (TCGL permutation index, else -1)."""
+def plan_clips(spec: ViewSpec, n_frames: int, fps: float, rng: np.random.Generator,
+               window: tuple[float, float] = (0.0, 1.0)) -> tuple[list[ClipPlan], int]:
+    """The clips of one video, and the order label (TCGL permutation index, else -1).
+
+    `window` (fractions of the video) restricts where clips may lie: a temporally trimmed query.
+    """
+    first = int(window[0] * n_frames)
+    if window != (0.0, 1.0):
+        plans, order = plan_clips(spec, max(1, int(window[1] * n_frames) - first), fps, rng)
+        return [dataclasses.replace(p, indices=p.indices + first, start=p.start + first / fps) for p in plans], order
     if spec.tuple_gap is not None:
         return _plan_tuple(spec, n_frames, fps, rng)
     speeds = [1] * spec.n_clips if spec.test_clips else rng.choice(_fitting_speeds(spec, n_frames), spec.n_clips).tolist()
@@ -156,19 +166,29 @@ def _upscale(frame: np.ndarray, canvas: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
 
 
-def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None) -> dict:
+AUDIO_GRID_HZ = 100
+FOLD_ROLES = ("train", "test", "unused")  # UCF101/HMDB51 `folds` json field, as codes 0, 1, 2 (-1: none)
+
+
+def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
+               window: tuple[float, float] = (0.0, 1.0)) -> dict:
     """One sample's views as numpy arrays (see `empty_views` for the keys); rng None means evaluation."""
     meta = sample_meta(sample)
-    n_frames = frame_count(sample, meta)
-    fps = float(meta["fps"])
-    plans, order = plan_clips(spec, n_frames, fps, rng if rng is not None else np.random.default_rng(0))
-    all_indices = np.concatenate([p.indices for p in plans])
-    frames = decode_frames(sample, all_indices, spec.canvas)
-    video = canvas_crop(frames, spec.canvas, rng).reshape(len(plans), spec.frames, spec.canvas, spec.canvas, 3)
-    views = {"video": video, "speed": np.array([spec.speeds.index(p.speed) for p in plans]),
-             "direction": np.array([int(p.direction < 0) for p in plans]),
-             "start": np.array([p.start for p in plans], np.float32), "order": np.int64(order),
-             "label": np.int64(meta.get("label_index", -1)), "valid": np.bool_(True)}
+    plan_rng = rng if rng is not None else np.random.default_rng(0)
+    views = {"label": np.int64(meta.get("label_index", -1)), "valid": np.bool_(True), "folds": fold_codes(meta)}
+    if spec.video:
+        fps = float(meta["fps"])
+        plans, order = plan_clips(spec, frame_count(sample, meta), fps, plan_rng, window)
+        frames = decode_frames(sample, np.concatenate([p.indices for p in plans]), spec.canvas)
+        views["video"] = canvas_crop(frames, spec.canvas, rng).reshape(len(plans), spec.frames, spec.canvas,
+                                                                         spec.canvas, 3)
+    else:
+        grid = int(meta["n_audio_samples"]) * AUDIO_GRID_HZ // int(meta["audio_rate"])
+        audio_spec = dataclasses.replace(spec, frames=round(spec.audio_seconds * AUDIO_GRID_HZ), stride=1)
+        plans, order = plan_clips(audio_spec, max(1, grid), AUDIO_GRID_HZ, plan_rng, window)
+    views.update({"speed": np.array([spec.speeds.index(p.speed) for p in plans]),
+                  "direction": np.array([int(p.direction < 0) for p in plans]),
+                  "start": np.array([p.start for p in plans], np.float32), "order": np.int64(order)})
     if spec.audio:
         wave, rate = decode_audio(sample)
         if rate != meta["audio_rate"]:
@@ -188,12 +208,19 @@ def _shifted_audio(wave, rate, plan: ClipPlan, spec: ViewSpec, rng) -> tuple[np.
     return np.int64(label), audio_window(wave, rate, centre, spec.audio_seconds, plan.speed, plan.direction)
 
 
+def fold_codes(meta: dict) -> np.ndarray:
+    """The sample's role in official splits 1-3 (`folds` json field) as codes into FOLD_ROLES, -1 where absent."""
+    folds = meta.get("folds") or {}
+    return np.array([FOLD_ROLES.index(folds[str(k)]) if str(k) in folds else -1 for k in (1, 2, 3)], np.int64)
+
+
 def empty_views(spec: ViewSpec, audio_rate: int) -> dict:
     """Zero views of the right shapes, marked invalid: evaluation's stand-in for a skipped sample or a pad."""
     n = spec.n_clips
-    views = {"video": np.zeros((n, spec.frames, spec.canvas, spec.canvas, 3), np.uint8),
-             "speed": np.zeros(n, np.int64), "direction": np.zeros(n, np.int64), "start": np.zeros(n, np.float32),
-             "order": np.int64(-1), "label": np.int64(-1), "valid": np.bool_(False)}
+    views = {"speed": np.zeros(n, np.int64), "direction": np.zeros(n, np.int64), "start": np.zeros(n, np.float32),
+             "order": np.int64(-1), "label": np.int64(-1), "valid": np.bool_(False), "folds": np.full(3, -1)}
+    if spec.video:
+        views["video"] = np.zeros((n, spec.frames, spec.canvas, spec.canvas, 3), np.uint8)
     if spec.audio:
         views["audio"] = np.zeros((n, int(round(spec.audio_seconds * audio_rate))), np.int16)
         if spec.inter_order:

@@ -102,8 +102,7 @@ class AVCL(Method):
     def forward(self, batch: dict):
         cfg = self.config
         n_clips = batch["video"].shape[1]
-        v_tokens = self.video.features(flat(batch["video"])).mean(dim=(3, 4)).transpose(1, 2)  # [BN, T', C]
-        a_tokens = self.audio.features(flat(batch["audio"])).mean(dim=2).transpose(1, 2)  # [BN, T'a, C]
+        v_tokens, a_tokens = self.tokens(flat(batch["video"]), flat(batch["audio"]))
         p_v, p_a = self.video_proj(v_tokens.mean(1)), self.audio_proj(a_tokens.mean(1))
         z_v, z_a = F.normalize(p_v, dim=1), F.normalize(p_a, dim=1)
 
@@ -125,6 +124,19 @@ class AVCL(Method):
                 terms["cgra"] = terms["cgra"] + terms["cgra_guided"]
             loss = loss + cfg.lambda_cgra * terms["cgra"]
         return loss, detached(terms)
+
+
+    def tokens(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-time-step tokens: video [M, T', C] (space averaged), audio [M, T'a, C] (frequency averaged)."""
+        v_tokens = self.video.features(video).mean(dim=(3, 4)).transpose(1, 2)
+        a_tokens = self.audio.features(audio).mean(dim=2).transpose(1, 2)
+        return v_tokens, a_tokens
+
+    def fused_features(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor | None:
+        """AMFM's fused feature f (downstream: the fused head of audio-visual action recognition)."""
+        if self.config.fusion == "none":
+            return None
+        return self.fusion(*self.tokens(video, audio))[0]
 
 
 def _clips(x: torch.Tensor, n_clips: int) -> list[torch.Tensor]:

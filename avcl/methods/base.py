@@ -35,10 +35,18 @@ class Method(nn.Module):
         """The clips, speeds and audio this method needs from each training sample."""
         return METHOD_VIEWS[self.name]
 
+    def video_input(self, clips: torch.Tensor) -> torch.Tensor:
+        """The method's own preprocessing of [M, 3, T, H, W] clips before the backbone, in training and
+        downstream alike (TCGL removes the temporal mean)."""
+        return clips
+
     def video_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """[M, 3, T, H, W] evaluation clips -> [M, D] pooled video features, with the method's own input
-        preprocessing (TCGL removes the temporal mean downstream too)."""
-        return self.video(clips)
+        """[M, 3, T, H, W] evaluation clips -> [M, D] pooled video features."""
+        return self.video(self.video_input(clips))
+
+    def fused_features(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor | None:
+        """[M, D] audio-visual features of paired clips from the method's own fusion, None when it has none."""
+        return None
 
     def encoders(self) -> dict[str, nn.Module]:
         """The backbones worth exporting: {"video": ..., "audio": ...} (audio absent for video-only methods)."""

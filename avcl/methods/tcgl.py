@@ -172,12 +172,12 @@ class TCGL(Method):
         cfg = self.config
         return dataclasses.replace(METHOD_VIEWS["tcgl"], clips=cfg.snippets, frames=cfg.frames, tuple_gap=cfg.gap)
 
-    def video_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """[M, 3, T, H, W] -> [M, C] through STKD and the shared backbone (training and downstream alike)."""
+    def video_input(self, clips: torch.Tensor) -> torch.Tensor:
+        """STKD (and C3D's frame repeat for short framesets), in training and downstream alike."""
         clips = stkd(clips, self.config.stkd)
         if self.config.video_backbone == "c3d" and clips.shape[2] < 8:
             clips = clips.repeat_interleave(self.config.c3d_frameset_repeat, dim=2)
-        return self.video(clips)
+        return clips
 
     def forward(self, batch: dict):
         cfg = self.config

@@ -146,11 +146,12 @@ def from_dict(method_name: str, values: dict) -> TrainConfig:
     unknown = set(values) - set(sections)
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; sections: {', '.join(sections)}")
-    built = {name: _build(cls, values.get(name, {}), name) for name, cls in sections.items()}
+    built = {name: build_section(cls, values.get(name, {}), name) for name, cls in sections.items()}
     return TrainConfig(method_name=method_name, **built)
 
 
-def _build(cls, values: dict, where: str):
+def build_section(cls, values: dict, where: str):
+    """A config dataclass from a dict, naming unknown keys and wrong types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:

@@ -29,6 +29,7 @@ from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, open_url, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
 from avcl.data.views import eval_spec
+from avcl.methods.base import flat
 from avcl.eval.features import extract
 from avcl.eval.knn import leave_one_out_accuracy
 from avcl.train import checkpoint
@@ -349,8 +350,9 @@ def knn_monitor(trainer: Trainer, sources, spec, config: TrainConfig, ctx: Conte
     """Leave-one-out weighted kNN top-1 on the validation shards' video features (1 centre clip per sample)."""
     stream = EvalStream(sources, eval_spec(spec, 1), _stream_config(config.data, max(1, config.data.batch_size // ctx.world), ctx, 0, 0))
     trainer.method.eval()
+    embed = lambda inputs: trainer.method.video_features(flat(inputs["video"])).unflatten(0, inputs["video"].shape[:2])  # noqa: E731
     try:
-        features, labels = extract(trainer.method.video_features, stream, trainer.augment, "video", trainer.autocast)
+        features = extract(embed, stream, trainer.augment, trainer.autocast)
     finally:
         trainer.method.train()
-    return leave_one_out_accuracy(features, labels, config.run.knn_k)
+    return leave_one_out_accuracy(torch.from_numpy(features.features), torch.from_numpy(features.labels), config.run.knn_k)

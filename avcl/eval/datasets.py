@@ -1,0 +1,96 @@
+"""Evaluation datasets: which shard splits hold the videos, and which are train and test in each official fold.
+
+UCF101 and HMDB51 store every video once (shard split = its role in the fold the dataset was built with); the
+json field `folds` gives its role in official splits 1-3, so one feature extraction serves all three folds.
+ESC-50's five folds are its shard splits `fold1`..`fold5` (test on one, train on the other four). Every other
+dataset (Kinetics-Sounds, VGG-Sound, folder) has one fold: train on `train`, test on `test` (else `val`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from avcl.data.views import FOLD_ROLES, fold_codes
+from avcl.registry import Registry
+
+DATASETS = Registry("evaluation dataset")
+
+
+class EvalDataError(ValueError):
+    """The data does not fit the requested dataset or fold; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDataset:
+    name: str
+    kind: str  # official-splits | folds | single
+    folds: tuple[str, ...]  # fold names, "1".."3" | "1".."5" | ("1",)
+    default_folds: tuple[str, ...]  # what `--splits` means when not given
+    modalities: tuple[str, ...] = ("video",)  # what the protocols evaluate by default
+    finetune_epochs: int = 16  # AVID/SEVERE: 16 epochs with milestones 6, 10, 14 (UCF101); 10 with 3, 6, 8 (HMDB51)
+    finetune_milestones: tuple[int, ...] = (6, 10, 14)
+
+    def test_split(self, splits: list[str]) -> str:
+        for name in ("test", "val"):
+            if name in splits:
+                return name
+        raise EvalDataError(f"{self.name}: no test or val split in the dataset (have {', '.join(splits)})")
+
+    def role(self, split: str, codes: np.ndarray, fold: str, splits: list[str]) -> str | None:
+        """'train', 'test' or None for one sample (its shard split and `folds` codes) in `fold`."""
+        if self.kind == "official-splits":
+            code = int(codes[int(fold) - 1])
+            return FOLD_ROLES[code] if code in (0, 1) else None
+        if self.kind == "folds":
+            return "test" if split == f"fold{fold}" else "train"
+        if split == "train":
+            return "train"
+        return "test" if split == self.test_split(splits) else None
+
+    def splits_holding(self, fold: str, role: str, splits: list[str]) -> list[str]:
+        """The shard splits where samples of `role` in `fold` can be."""
+        if self.kind == "official-splits":
+            return list(splits)
+        return [s for s in splits if self.role(s, np.full(3, -1), fold, splits) == role]
+
+    def selector(self, fold: str, role: str, splits: list[str]):
+        """A predicate on sample json: is the sample `role` in `fold`? (for streams that select samples)."""
+        return lambda meta: self.role(meta.get("split", ""), fold_codes(meta), fold, splits) == role
+
+    def resolve_folds(self, requested: str | None) -> tuple[str, ...]:
+        if requested in (None, ""):
+            return self.default_folds
+        if requested == "all":
+            return self.folds
+        chosen = tuple(part.strip() for part in requested.split(","))
+        bad = [f for f in chosen if f not in self.folds]
+        if bad:
+            raise EvalDataError(f"{self.name} has splits {', '.join(self.folds)} (or 'all'), not {', '.join(bad)}")
+        return chosen
+
+    def count(self, info: dict, fold: str, role: str) -> int:
+        """How many samples are `role` in `fold`, from dataset.json (never by reading the shards)."""
+        splits = info["splits"]
+        if self.kind == "official-splits":
+            counts = info.get("folds", {}).get(fold)
+            if counts is None:
+                raise EvalDataError(f"dataset.json has no per-fold counts for split {fold}: rerun the same "
+                                    "`avtools build-dataset` command once (finished shards are kept) to add them")
+            return counts.get(role, 0)
+        return sum(entry["available"] for name, entry in splits.items()
+                   if self.role(name, np.full(3, -1), fold, list(splits)) == role)
+
+
+def _register(dataset: EvalDataset) -> None:
+    DATASETS.register(dataset.name)(dataset)
+
+
+_register(EvalDataset("ucf101", "official-splits", ("1", "2", "3"), ("1",), finetune_epochs=16))
+_register(EvalDataset("hmdb51", "official-splits", ("1", "2", "3"), ("1",), finetune_epochs=10,
+                          finetune_milestones=(3, 6, 8)))
+_register(EvalDataset("esc50", "folds", ("1", "2", "3", "4", "5"), ("1", "2", "3", "4", "5"), ("audio",)))
+for _name in ("kinetics-sounds32", "kinetics-sounds31", "kinetics-sounds100", "vggsound"):
+    _register(EvalDataset(_name, "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8)))
+_register(EvalDataset("folder", "single", ("1",), ("1",), ("video",), 10, (3, 6, 8)))
+_register(EvalDataset("demo", "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8)))

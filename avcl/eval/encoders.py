@@ -1,0 +1,147 @@
+"""Frozen encoders for evaluation: a training checkpoint (or `random`) in, clip embeddings out.
+
+`load_encoders` rebuilds the method a checkpoint was trained with (its config is inside) so every protocol sees
+the same preprocessing as training: the method's own input transform (TCGL's STKD), the video normalisation and
+the log-mel settings. `--checkpoint random` builds the method from its preset at a fixed seed: the floor of
+every table (and, fine-tuned, the supervised-from-scratch baseline).
+
+Feature layers: `gap` (the backbone's pooled vector), `conv5-max` (VCOP/TCGL retrieval: the conv5 map
+max-pooled with the published kernel, flattened; C3D/R3D (1,2,2) -> 9216-d, R(2+1)D (2,5,5) -> 512-d at
+16x112x112) and, for audio, `conv5` (the conv5 map max-pooled to 3x3, 4608-d for ResNet-18: CrissCross's size;
+the pooling itself is a reconstruction).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import avcl.methods as methods
+from avcl.methods.base import Method, flat
+from avcl.train import checkpoint
+from avcl.train.config import TrainConfig, from_dict, load as load_config
+
+VIDEO_LAYERS = ("gap", "conv5-max")
+AUDIO_LAYERS = ("gap", "conv5")
+MODALITIES = ("video", "audio", "fused")
+
+
+@dataclasses.dataclass
+class Encoders:
+    method: Method
+    config: TrainConfig
+    source: str  # the checkpoint path, or "random"
+    digest: str  # content hash: the feature cache key
+    step: int
+
+    @property
+    def describe(self) -> dict:
+        return {"checkpoint": self.source, "method": self.config.method_name, "step": self.step,
+                "sha256": self.digest[:16], "video_backbone": self.config.method.video_backbone,
+                "audio_backbone": getattr(self.config.method, "audio_backbone", None)}
+
+
+def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (), device="cpu") -> Encoders:
+    """A run folder (its last.pt), a checkpoint file, or `random` (method `method` with `overrides`)."""
+    if where == "random":
+        config = load_config(method, overrides=list(overrides))
+        torch.manual_seed(0)
+        model = methods.build(method, config.method)
+        digest = hashlib.sha256(("random:" + json.dumps(config.to_dict(), sort_keys=True)).encode()).hexdigest()
+        return Encoders(model.to(device).eval(), config, "random", digest, 0)
+    path = Path(where)
+    if path.is_dir():
+        path = path / checkpoint.LAST
+    saved = checkpoint.load(path)
+    if "config" not in saved or "model" not in saved:
+        raise ValueError(f"{path} is not an avtools training checkpoint (no config/model inside); pass a run "
+                         "folder, RUN/last.pt, RUN/best.pt, or `random`")
+    config = from_dict(saved["method_name"], {k: v for k, v in saved["config"].items() if k != "method_name"})
+    model = methods.build(config.method_name, config.method)
+    model.load_state_dict(saved["model"])
+    return Encoders(model.to(device).eval(), config, str(path), file_digest(path), saved["state"]["step"])
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+VCOP_POOL = {"c3d": (1, 2, 2), "r3d": (1, 2, 2), "r2plus1d": (2, 5, 5)}
+
+
+def conv5_max(feature_map: torch.Tensor, backbone: str) -> torch.Tensor:
+    """VCOP/TCGL's retrieval feature: conv5 max-pooled with kernel = stride as published, flattened."""
+    family = next((name for name in VCOP_POOL if backbone.startswith(name)), None)
+    if family is None:
+        raise ValueError(f"no published conv5 pooling for backbone {backbone!r}; use --layer gap")
+    kernel = tuple(min(k, size) for k, size in zip(VCOP_POOL[family], feature_map.shape[2:]))  # small inputs
+    return F.max_pool3d(feature_map, kernel, kernel).flatten(1)
+
+
+def video_embedding(encoders: Encoders, clips: torch.Tensor, layer: str = "gap") -> torch.Tensor:
+    """[M, 3, T, H, W] -> [M, D]."""
+    method = encoders.method
+    if layer == "gap":
+        return method.video_features(clips)
+    if layer == "conv5-max":
+        return conv5_max(method.video.features(method.video_input(clips)), encoders.config.method.video_backbone)
+    raise ValueError(f"video layer must be one of {VIDEO_LAYERS}, not {layer!r}")
+
+
+def audio_embedding(encoders: Encoders, specs: torch.Tensor, layer: str = "gap") -> torch.Tensor:
+    """[M, 1, F, T] log-mels -> [M, D]."""
+    audio = getattr(encoders.method, "audio", None)
+    if audio is None:
+        raise ValueError(f"method {encoders.config.method_name} has no audio encoder: evaluate --modality video")
+    if layer == "gap":
+        return audio(specs)
+    if layer == "conv5":
+        return F.adaptive_max_pool2d(audio.features(specs), 3).flatten(1)
+    raise ValueError(f"audio layer must be one of {AUDIO_LAYERS}, not {layer!r}")
+
+
+def embedding_dim(encoders: Encoders, modality: str) -> int:
+    """The size of a `gap` embedding of `modality` (what a classifier head on it takes)."""
+    method = encoders.method
+    if modality == "video":
+        return method.video.out_dim
+    if modality == "audio":
+        return method.audio.out_dim
+    fused_by_method = getattr(method, "fusion", None) is not None
+    return method.video.out_dim if fused_by_method else method.video.out_dim + method.audio.out_dim
+
+
+def clip_embedder(encoders: Encoders, modality: str, layer: str = "gap"):
+    """A function of augmented inputs -> [B, K, D], one embedding per clip (and crop).
+
+    Fused: the method's own fusion (AVCL's AMFM) where it has one, else late fusion, the concatenation of the
+    L2-normalised video and audio embeddings (cosine on it is the mean of the two cosines).
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+
+    def embed(inputs: dict) -> torch.Tensor:
+        video = inputs.get("video")
+        b = len(inputs["label"])
+        if modality == "video":
+            return video_embedding(encoders, flat(video), layer).view(b, video.shape[1], -1)
+        audio = inputs["audio"]
+        if modality == "audio":
+            return audio_embedding(encoders, flat(audio), layer).view(b, audio.shape[1], -1)
+        crops = video.shape[1] // audio.shape[1]  # evaluation crops share their clip's audio
+        audio = flat(audio).repeat_interleave(crops, dim=0)
+        fused = encoders.method.fused_features(flat(video), audio)
+        if fused is None:
+            fused = torch.cat([F.normalize(video_embedding(encoders, flat(video), layer), dim=1),
+                               F.normalize(audio_embedding(encoders, audio, "gap"), dim=1)], dim=1)
+        return fused.view(b, video.shape[1], -1)
+
+    return embed

@@ -1,0 +1,77 @@
+"""`avtools eval DATASET --protocol P --checkpoint RUN --data DIR`: one entry point for every protocol.
+
+Loads the encoders, resolves the protocol's recipe (published defaults < `--set protocol.KEY=VALUE`), prints
+both, runs the protocol on the requested folds and modalities, and adds the mean over folds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+
+from avcl.eval.datasets import DATASETS
+from avcl.eval.encoders import load_encoders
+from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, Row, with_means
+from avcl.train.config import ConfigError, build_section, merge, parse_override
+from avcl.train.loop import setup
+
+PROTOCOL_MODULES = ("linear", "linear_sgd", "finetune", "retrieval", "knn", "esc50", "fingerprint")
+DEFAULT_PROTOCOL = {"esc50": "esc50", "vggsound": "fingerprint"}
+
+
+def load_protocols() -> None:
+    for module in PROTOCOL_MODULES:
+        importlib.import_module(f"avcl.eval.{module}")
+
+
+def protocol_names() -> list[str]:
+    load_protocols()
+    return PROTOCOLS.names()
+
+
+@dataclasses.dataclass
+class EvalRequest:
+    dataset: str
+    data: str
+    protocol: str | None = None  # None: the dataset's usual one (linear; esc50; fingerprint for vggsound)
+    checkpoint: str = "random"
+    method: str = "xmodal"  # for --checkpoint random
+    splits: str | None = None  # "1", "1,2", "all"; None: the dataset's default
+    modality: str | None = None  # video | audio | fused | comma list | all; None: the dataset's default
+    overrides: list[str] = dataclasses.field(default_factory=list)  # protocol.KEY=VALUE, or model keys for random
+    device: str = "auto"
+    options: EvalOptions | None = None
+
+
+def split_overrides(overrides: list[str]) -> tuple[dict, list[str]]:
+    """`protocol.*` settings for the recipe; everything else configures the model `--checkpoint random` builds."""
+    recipe: dict = {}
+    model = []
+    for item in overrides:
+        if item.strip().startswith("protocol."):
+            merge(recipe, parse_override(item.strip()[len("protocol."):]))
+        else:
+            model.append(item)
+    return recipe, model
+
+
+def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
+    load_protocols()
+    dataset = DATASETS.get(request.dataset)
+    protocol = PROTOCOLS.get(request.protocol or DEFAULT_PROTOCOL.get(dataset.name, "linear"))
+    recipe_values, model_overrides = split_overrides(request.overrides)
+    if model_overrides and request.checkpoint != "random":
+        raise ConfigError(f"{model_overrides}: model settings apply to --checkpoint random only; protocol "
+                          "settings are written protocol.KEY=VALUE")
+    recipe = build_section(protocol.recipe, recipe_values, "protocol")
+    ctx = setup(request.device)
+    encoders = load_encoders(request.checkpoint, request.method, model_overrides, ctx.device)
+    engine = Engine(dataset, encoders, request.options or EvalOptions(data=request.data), ctx.device)
+    folds = dataset.resolve_folds(request.splits)
+    modalities = ("audio",) if protocol.name == "esc50" else engine.modalities(request.modality)
+    if ctx.main:
+        log(f"{protocol.name} on {dataset.name} split(s) {', '.join(folds)}, {', '.join(modalities)}; "
+            f"{json.dumps(encoders.describe)}")
+        log(f"protocol settings: {json.dumps(dataclasses.asdict(recipe))}")
+    rows = with_means(protocol.run(engine, recipe, folds, modalities))
+    return rows, engine

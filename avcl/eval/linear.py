@@ -1,0 +1,76 @@
+"""`--protocol linear`: a linear classifier on frozen, clip-averaged features (avtools' default linear probe).
+
+protocols.md §2: features of 10 uniformly spaced clips per video (centre crop), GAP, L2-normalised, averaged;
+then logistic regression (or a linear SVM, `classifier = "svm"`) on standardised features, C chosen on a
+held-out 10 % of train and refitted on all of train. Video-level top-1 and top-5 per split, and their mean.
+`--protocol linear-svm-tcgl` is TCGL's setting: liblinear L2-loss SVM, C = 100, raw clip-averaged GAP features.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from avcl.eval import classify
+from avcl.eval.engine import Engine, register_protocol
+from avcl.eval.features import FeatureSpec
+
+
+@dataclasses.dataclass
+class LinearRecipe:
+    classifier: str = "logreg"  # logreg | svm
+    c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+    holdout: float = 0.1  # share of train held out to choose C
+    standardize: bool = True
+    max_iter: int = 1000
+    seed: int = 0
+    clips: int = 10
+    crops: int = 1
+    frames: int = 16
+    size: int = 112
+    layer: str = "gap"  # gap | conv5-max
+    normalize_clips: bool = True
+
+
+@dataclasses.dataclass
+class TCGLSVMRecipe(LinearRecipe):
+    classifier: str = "svm"
+    c_grid: tuple[float, ...] = (100.0,)
+    standardize: bool = False
+    normalize_clips: bool = False
+
+
+def feature_spec(recipe, modality: str, **changes) -> FeatureSpec:
+    """The FeatureSpec a recipe asks for: its fields of the same names, plus `changes`."""
+    names = {f.name for f in dataclasses.fields(FeatureSpec)}
+    values = {k: v for k, v in dataclasses.asdict(recipe).items() if k in names}
+    layer = values.get("layer", "gap")
+    if modality != "video" and layer == "conv5-max":  # the audio encoder has no VCOP pooling
+        values["layer"] = "gap"
+    return FeatureSpec(modality=modality, **(values | changes))
+
+
+@register_protocol("linear", LinearRecipe, "logistic regression / linear SVM on 10-clip averaged frozen features")
+def run(engine: Engine, recipe: LinearRecipe, folds, modalities) -> list:
+    return linear_rows(engine, recipe, folds, modalities, "linear")
+
+
+@register_protocol("linear-svm-tcgl", TCGLSVMRecipe, "TCGL/VCOP liblinear SVM (C = 100) on clip-averaged GAP features")
+def run_tcgl(engine: Engine, recipe: TCGLSVMRecipe, folds, modalities) -> list:
+    return linear_rows(engine, recipe, folds, modalities, "linear-svm-tcgl")
+
+
+def linear_rows(engine: Engine, recipe: LinearRecipe, folds, modalities, protocol: str) -> list:
+    rows = []
+    for modality in modalities:
+        spec = feature_spec(recipe, modality)
+        features = engine.features(spec)
+        for fold in folds:
+            train, test = engine.fold_indices(features, fold)
+            fitted = classify.fit(features.features[train], features.labels[train], recipe.classifier,
+                                  recipe.c_grid, recipe.holdout, recipe.standardize, recipe.max_iter, recipe.seed)
+            scores = fitted.scores(features.features[test], engine.num_classes)
+            labels = features.labels[test]
+            metrics = {"top1": 100 * classify.topk_accuracy(scores, labels, 1),
+                       "top5": 100 * classify.topk_accuracy(scores, labels, 5)}
+            rows.append(engine.row(fold, protocol, modality, metrics, recipe, spec, c=fitted.c,
+                                   train=len(train), test=len(test)))
+    return rows
