@@ -45,10 +45,11 @@ class Encoders:
                 "audio_backbone": getattr(self.config.method, "audio_backbone", None)}
 
 
-def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (), device="cpu") -> Encoders:
-    """A run folder (its last.pt), a checkpoint file, or `random` (method `method` with `overrides`)."""
+def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (), device="cpu",
+                  preset: str | None = None) -> Encoders:
+    """A run folder (its last.pt), a checkpoint file, or `random` (method `method`, named preset, `overrides`)."""
     if where == "random":
-        config = load_config(method, overrides=list(overrides))
+        config = load_config(method, overrides=list(overrides), named=preset)
         torch.manual_seed(0)
         model = methods.build(method, config.method)
         digest = hashlib.sha256(("random:" + json.dumps(config.to_dict(), sort_keys=True)).encode()).hexdigest()

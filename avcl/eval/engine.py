@@ -104,6 +104,10 @@ class Engine:
                                 "cannot be evaluated")
         return usable
 
+    def train_views(self):
+        """The method's training views at the run's canvas: what evaluation views are derived from."""
+        return dataclasses.replace(self.encoders.method.view_spec(), canvas=self.encoders.config.data.canvas)
+
     def augment(self, spec: FeatureSpec, **video_changes) -> DeviceAugment:
         """The training run's device augmentation at the protocol's size and test crops (and `video_changes`)."""
         config = self.encoders.config
@@ -146,7 +150,7 @@ class Engine:
             source = resolve(self.url, split)
         except SourceError as exc:
             raise EvalDataError(str(exc)) from None
-        train_spec = method.view_spec()
+        train_spec = self.train_views()
         audio = spec.modality in ("audio", "fused")
         views = feature_views(spec, train_spec, train_spec.audio_seconds, audio, spec.modality != "audio")
         stream = EvalStream([source], views, stream_config(self.options.batch_size, self.options.workers),

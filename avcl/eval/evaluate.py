@@ -12,7 +12,7 @@ import json
 from avcl.eval.datasets import DATASETS
 from avcl.eval.encoders import load_encoders
 from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, Row, with_means
-from avcl.train.config import ConfigError, build_section, merge, parse_override
+from avcl.train.config import ConfigError, build_section, merge, named_preset, parse_override
 from avcl.train.loop import setup
 
 PROTOCOL_MODULES = ("linear", "linear_sgd", "finetune", "retrieval", "knn", "esc50", "fingerprint")
@@ -41,6 +41,7 @@ class EvalRequest:
     overrides: list[str] = dataclasses.field(default_factory=list)  # protocol.KEY=VALUE, or model keys for random
     device: str = "auto"
     options: EvalOptions | None = None
+    preset: str | None = None  # a named preset: its [protocol] keys the recipe has, and (random) its model
 
 
 def split_overrides(overrides: list[str]) -> tuple[dict, list[str]]:
@@ -55,6 +56,14 @@ def split_overrides(overrides: list[str]) -> tuple[dict, list[str]]:
     return recipe, model
 
 
+def preset_recipe(name: str | None, recipe: type) -> dict:
+    """A named preset's [protocol] keys that this protocol's recipe has."""
+    if not name:
+        return {}
+    fields = {f.name for f in dataclasses.fields(recipe)}
+    return {k: v for k, v in named_preset(name).get("protocol", {}).items() if k in fields}
+
+
 def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
     load_protocols()
     dataset = DATASETS.get(request.dataset)
@@ -63,9 +72,10 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
     if model_overrides and request.checkpoint != "random":
         raise ConfigError(f"{model_overrides}: model settings apply to --checkpoint random only; protocol "
                           "settings are written protocol.KEY=VALUE")
-    recipe = build_section(protocol.recipe, recipe_values, "protocol")
+    recipe = build_section(protocol.recipe, merge(preset_recipe(request.preset, protocol.recipe), recipe_values),
+                           "protocol")
     ctx = setup(request.device)
-    encoders = load_encoders(request.checkpoint, request.method, model_overrides, ctx.device)
+    encoders = load_encoders(request.checkpoint, request.method, model_overrides, ctx.device, request.preset)
     engine = Engine(dataset, encoders, request.options or EvalOptions(data=request.data), ctx.device)
     folds = dataset.resolve_folds(request.splits)
     modalities = ("audio",) if protocol.name == "esc50" else engine.modalities(request.modality)

@@ -129,7 +129,7 @@ def _train_stream(engine: Engine, recipe, fold: str, modality: str, world: int) 
 
 
 def _views(engine: Engine, spec: FeatureSpec):
-    train_spec = engine.encoders.method.view_spec()
+    train_spec = engine.train_views()
     return feature_views(spec, train_spec, train_spec.audio_seconds, spec.modality in ("audio", "fused"),
                          spec.modality != "audio")
 

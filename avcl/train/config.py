@@ -1,6 +1,8 @@
 """The training configuration: typed dataclasses, method presets from manifests/presets/<method>.toml, overrides.
 
-Precedence: dataclass defaults < the method's preset < `--config FILE.toml` < `--set section.key=value`.
+Precedence: dataclass defaults < the method's preset < a named preset (`--preset demo`, manifests/presets/named/)
+< `--config FILE.toml` < `--set section.key=value`. A named preset works for every method: its keys that the
+method's config does not have are skipped.
 The resolved config (every key) is printed at start, saved as RUN/config.json and inside every checkpoint.
 """
 from __future__ import annotations
@@ -92,8 +94,29 @@ def preset(method_name: str) -> dict:
     return tomllib.loads(text)
 
 
-def load(method_name: str, config_file: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def named_preset(name: str) -> dict:
+    """manifests/presets/named/<name>.toml (sections for training, and [protocol] for evaluation)."""
+    folder = resources.files("manifests").joinpath("presets", "named")
+    available = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    if name not in available:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(available)}")
+    return tomllib.loads(folder.joinpath(f"{name}.toml").read_text())
+
+
+def applicable(method_name: str, values: dict) -> dict:
+    """The training sections of a named preset, without the keys this method's config does not have."""
+    fields = {f.name for f in dataclasses.fields(methods.METHODS.get(method_name).Config)}
+    out = {k: v for k, v in values.items() if k != "protocol"}
+    if "method" in out:
+        out["method"] = {k: v for k, v in out["method"].items() if k in fields}
+    return out
+
+
+def load(method_name: str, config_file: Path | None = None, overrides: list[str] = (),
+         named: str | None = None) -> TrainConfig:
     values = preset(method_name)
+    if named:
+        merge(values, applicable(method_name, named_preset(named)))
     if config_file is not None:
         merge(values, read_file(config_file))
     for item in overrides:

@@ -1,8 +1,10 @@
 """`demo`: a small synthetic audio-visual dataset made on the spot (no internet, no local copy needed).
 
 Each class pairs a motion pattern with a sound: a square bouncing along one direction that clicks at every
-bounce, with a class-specific pitch; position, colour, speed and noise vary per clip. Media are written
-once with PyAV into the avtools cache, then read like the `folder` recipe.
+bounce, with a class-specific pitch. Nuisance varies per clip so that the classes are not trivial: the
+square's size, colour, speed, phase and offset, the background's brightness, tint and noise, and a silent
+distractor square bouncing in another class's direction. Media are written once with PyAV into the avtools
+cache, then read like the `folder` recipe.
 """
 from __future__ import annotations
 
@@ -18,33 +20,50 @@ from avtools.recipes.folder import folder
 CLASSES = {"horizontal-low": (0, 220.0), "vertical-mid": (1, 440.0), "diagonal-high": (2, 880.0),
            "antidiagonal-mid": (3, 660.0)}
 CLIPS_PER_CLASS = 8
+DIRECTIONS = [(1, 0), (0, 1), (1, 1), (1, -1)]
 SECONDS, FPS, SIZE, RATE = 4.0, 16, 96, 16000
 
 
-def demo_media(root: Path) -> Path:
-    """Write the demo videos under `root` (once); returns the folder of class subfolders."""
-    done = root / ".complete"
+def demo_media(root: Path, clips_per_class: int = CLIPS_PER_CLASS) -> Path:
+    """Write the demo videos under `root` (once per size); returns the folder of class subfolders."""
+    done = root / f".complete-{clips_per_class}"
     if not done.exists():
         rng = np.random.default_rng(0)
         for name, (direction, pitch) in CLASSES.items():
             (root / name).mkdir(parents=True, exist_ok=True)
-            for i in range(CLIPS_PER_CLASS):
+            for i in range(clips_per_class):
                 _write_clip(root / name / f"{name}-{i:02d}.mp4", direction, pitch, rng)
         done.touch()
     return root
+
+
+def _bounce(n: int, speed: float, phase: float) -> np.ndarray:
+    """0..1..0 triangle positions over n frames: one bounce per period."""
+    t = np.arange(n) / FPS
+    return np.abs(((t * speed + phase) % 1.0) * 2 - 1)
+
+
+def _place(position: np.ndarray, direction: int, offset: float, extent: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners (x, y) in pixels of a square moving along `direction` at `position` (0..1)."""
+    dx, dy = DIRECTIONS[direction]
+    x = (position if dx else np.full_like(position, offset)) * extent
+    y = ((position if dy > 0 else 1 - position) if dy else np.full_like(position, offset)) * extent
+    return x.astype(int), y.astype(int)
 
 
 def _write_clip(path: Path, direction: int, pitch: float, rng) -> None:
     import av
 
     n = int(SECONDS * FPS)
-    speed = rng.uniform(0.5, 1.5)  # bounces per second
-    phase = rng.uniform(0, 1)
-    colour = rng.integers(80, 255, 3)
-    offset = rng.uniform(0.2, 0.8)
-    t = np.arange(n) / FPS
-    tri = np.abs(((t * speed + phase) % 1.0) * 2 - 1)  # 0..1..0: one bounce per period
-    dx, dy = [(1, 0), (0, 1), (1, 1), (1, -1)][direction]
+    speed, phase = rng.uniform(0.5, 1.5), rng.uniform(0, 1)  # bounces per second, start
+    side = int(rng.integers(10, 22))
+    target = _place(_bounce(n, speed, phase), direction, rng.uniform(0.2, 0.8), SIZE - side)
+    other = int(rng.choice([d for d in range(len(DIRECTIONS)) if d != direction]))
+    distractor_side = int(rng.integers(8, 18))
+    distractor = _place(_bounce(n, rng.uniform(0.5, 1.5), rng.uniform(0, 1)), other, rng.uniform(0.2, 0.8),
+                        SIZE - distractor_side)
+    colours = rng.integers(60, 256, (2, 3))
+    background, tint, grain = rng.uniform(20, 70), rng.uniform(-15, 15, 3), rng.uniform(4, 16)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS)
         video.width = video.height = SIZE
@@ -52,11 +71,9 @@ def _write_clip(path: Path, direction: int, pitch: float, rng) -> None:
         video.options = {"preset": "ultrafast", "crf": "23"}
         audio = out.add_stream("aac", rate=RATE, layout="mono")
         for k in range(n):
-            frame = (rng.normal(40, 12, (SIZE, SIZE, 3))).clip(0, 255).astype(np.uint8)
-            pos = tri[k] if dx else offset
-            x = int((pos if dx else offset) * (SIZE - 16))
-            y = int(((tri[k] if dy > 0 else 1 - tri[k]) if dy else offset) * (SIZE - 16))
-            frame[y:y + 16, x:x + 16] = colour
+            frame = rng.normal(background + tint, grain, (SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
+            for (xs, ys), s, colour in ((distractor, distractor_side, colours[1]), (target, side, colours[0])):
+                frame[ys[k]:ys[k] + s, xs[k]:xs[k] + s] = colour
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts, picture.time_base = k, fractions.Fraction(1, FPS)
             out.mux(video.encode(picture))
