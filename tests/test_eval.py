@@ -90,11 +90,10 @@ def test_feature_protocols_end_to_end_with_cache(protocol, extra, demo_dataset, 
 @pytest.mark.parametrize("protocol", ["finetune", "linear-sgd"])
 def test_supervised_protocols_end_to_end_with_cache(protocol, demo_dataset, tmp_path):
     schedule = ["--set", "protocol.epochs=2", "--set", "protocol.milestones=[1]", "--set", "protocol.views=2x3",
-                "--set", "protocol.clips_per_video=1", "--set", "protocol.batch_size=8"]
-    tiny = [a for a in TINY if a != "protocol.clips=2"]
-    tiny = [a for i, a in enumerate(tiny) if not (a == "--set" and tiny[i + 1] == "--set")]
+                "--set", "protocol.clips_per_video=1", "--set", "protocol.batch_size=8", "--set", "method.width=4",
+                "--set", "protocol.frames=8", "--set", "protocol.size=64", "--workers", "0", "--batch-size", "8"]
     a, _ = run_twice(tmp_path, "demo", "--data", str(demo_dataset), "--protocol", protocol, "--modality", "video",
-                     *tiny, *schedule)
+                     *schedule)
     (row,) = a["rows"]
     assert_in_range([row])
     assert row["extra"]["test"] == 10 and set(row["metrics"]) == {"top1", "top5", "mean_class"}

@@ -23,7 +23,8 @@ from avcl.data.sources import SourceError, dataset_info, resolve
 from avcl.data.stream import EvalStream
 from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
-from avcl.eval.features import FeatureSpec, Features, cache_key, data_identity, extract, feature_views, stream_config
+from avcl.eval.features import (FeatureSpec, Features, cache_key, data_identity, extract, feature_spec, feature_views,
+                                stream_config)
 from avcl.registry import Registry
 
 log = logging.getLogger("avcl.eval")
@@ -88,8 +89,7 @@ class Engine:
 
     @property
     def num_classes(self) -> int:
-        classes = {c for s in self.info["splits"].values() for c in s.get("classes", {})}
-        return max(len(classes), 1)
+        return max(len(self.class_names()), 1)
 
     def class_names(self) -> list[str]:
         return sorted({c for s in self.info["splits"].values() for c in s.get("classes", {})})
@@ -160,6 +160,15 @@ class Engine:
             return extract(embed, stream, self.augment(spec), self.autocast, train_views=spec.augment_seed is not None,
                            normalize_clips=spec.normalize_clips, keep_clips=spec.keep_clips,
                            thumbs=spec.modality != "audio", progress=advance)
+
+    def fold_features(self, recipe, folds, modalities):
+        """(modality, spec, features, fold, train, test) for every modality and fold: the features of the
+        recipe's settings (extracted or cached once per modality) with each fold's sample indices."""
+        for modality in modalities:
+            spec = feature_spec(recipe, modality)
+            features = self.features(spec)
+            for fold in folds:
+                yield (modality, spec, features, fold, *self.fold_indices(features, fold))
 
     def fold_indices(self, features: Features, fold: str) -> tuple[np.ndarray, np.ndarray]:
         """(train, test) sample indices of `fold`."""

@@ -154,6 +154,16 @@ def _gather_objects(items: list) -> list:
     return [item for part in out for item in part]
 
 
+def feature_spec(recipe, modality: str, **changes) -> FeatureSpec:
+    """The FeatureSpec a protocol recipe asks for: its fields of the same names, plus `changes`."""
+    names = {f.name for f in dataclasses.fields(FeatureSpec)}
+    values = {k: v for k, v in dataclasses.asdict(recipe).items() if k in names}
+    layer = values.get("layer", "gap")
+    if modality != "video" and layer == "conv5-max":  # the audio encoder has no VCOP pooling
+        values["layer"] = "gap"
+    return FeatureSpec(modality=modality, **(values | changes))
+
+
 def feature_views(spec: FeatureSpec, train_spec: ViewSpec, audio_seconds: float, audio: bool, video: bool) -> ViewSpec:
     """The views one sample gives for `spec`: evenly spaced test clips, or random ones for augmented crops."""
     random_views = spec.augment_seed is not None

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from avcl.eval.engine import Engine, register_protocol
-from avcl.eval.linear import feature_spec
 
 
 def top_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False,
@@ -64,15 +63,11 @@ class KnnRecipe:
 @register_protocol("knn", KnnRecipe, "weighted kNN (k = 1, 20, 200) on the retrieval features")
 def run(engine: Engine, recipe: KnnRecipe, folds, modalities) -> list:
     rows = []
-    for modality in modalities:
-        spec = feature_spec(recipe, modality)
-        features = engine.features(spec)
+    for modality, spec, features, fold, train, test in engine.fold_features(recipe, folds, modalities):
         x, y = torch.from_numpy(features.features), torch.from_numpy(features.labels)
-        for fold in folds:
-            train, test = engine.fold_indices(features, fold)
-            metrics = {}
-            for k in recipe.ks:
-                predicted = knn_predict(x[train], y[train], x[test], engine.num_classes, k, recipe.tau)
-                metrics[f"top1@k{k}"] = 100 * (predicted == y[test]).float().mean().item()
-            rows.append(engine.row(fold, "knn", modality, metrics, recipe, spec, train=len(train), test=len(test)))
+        metrics = {}
+        for k in recipe.ks:
+            predicted = knn_predict(x[train], y[train], x[test], engine.num_classes, k, recipe.tau)
+            metrics[f"top1@k{k}"] = 100 * (predicted == y[test]).float().mean().item()
+        rows.append(engine.row(fold, "knn", modality, metrics, recipe, spec, train=len(train), test=len(test)))
     return rows

@@ -11,7 +11,6 @@ import dataclasses
 
 from avcl.eval import classify
 from avcl.eval.engine import Engine, register_protocol
-from avcl.eval.features import FeatureSpec
 
 
 @dataclasses.dataclass
@@ -38,16 +37,6 @@ class TCGLSVMRecipe(LinearRecipe):
     normalize_clips: bool = False
 
 
-def feature_spec(recipe, modality: str, **changes) -> FeatureSpec:
-    """The FeatureSpec a recipe asks for: its fields of the same names, plus `changes`."""
-    names = {f.name for f in dataclasses.fields(FeatureSpec)}
-    values = {k: v for k, v in dataclasses.asdict(recipe).items() if k in names}
-    layer = values.get("layer", "gap")
-    if modality != "video" and layer == "conv5-max":  # the audio encoder has no VCOP pooling
-        values["layer"] = "gap"
-    return FeatureSpec(modality=modality, **(values | changes))
-
-
 @register_protocol("linear", LinearRecipe, "logistic regression / linear SVM on 10-clip averaged frozen features")
 def run(engine: Engine, recipe: LinearRecipe, folds, modalities) -> list:
     return linear_rows(engine, recipe, folds, modalities, "linear")
@@ -60,17 +49,13 @@ def run_tcgl(engine: Engine, recipe: TCGLSVMRecipe, folds, modalities) -> list:
 
 def linear_rows(engine: Engine, recipe: LinearRecipe, folds, modalities, protocol: str) -> list:
     rows = []
-    for modality in modalities:
-        spec = feature_spec(recipe, modality)
-        features = engine.features(spec)
-        for fold in folds:
-            train, test = engine.fold_indices(features, fold)
-            fitted = classify.fit(features.features[train], features.labels[train], recipe.classifier,
-                                  recipe.c_grid, recipe.holdout, recipe.standardize, recipe.max_iter, recipe.seed)
-            scores = fitted.scores(features.features[test], engine.num_classes)
-            labels = features.labels[test]
-            metrics = {"top1": 100 * classify.topk_accuracy(scores, labels, 1),
-                       "top5": 100 * classify.topk_accuracy(scores, labels, 5)}
-            rows.append(engine.row(fold, protocol, modality, metrics, recipe, spec, c=fitted.c,
-                                   train=len(train), test=len(test)))
+    for modality, spec, features, fold, train, test in engine.fold_features(recipe, folds, modalities):
+        fitted = classify.fit(features.features[train], features.labels[train], recipe.classifier,
+                              recipe.c_grid, recipe.holdout, recipe.standardize, recipe.max_iter, recipe.seed)
+        scores = fitted.scores(features.features[test], engine.num_classes)
+        labels = features.labels[test]
+        metrics = {"top1": 100 * classify.topk_accuracy(scores, labels, 1),
+                   "top5": 100 * classify.topk_accuracy(scores, labels, 5)}
+        rows.append(engine.row(fold, protocol, modality, metrics, recipe, spec, c=fitted.c,
+                               train=len(train), test=len(test)))
     return rows

@@ -15,7 +15,6 @@ import torch
 
 from avcl.eval.engine import Engine, register_protocol
 from avcl.eval.knn import top_neighbours
-from avcl.eval.linear import feature_spec
 
 VCOP_BATCH = 8
 
@@ -53,22 +52,18 @@ def drop_last_batch(index: np.ndarray) -> np.ndarray:
 @register_protocol("retrieval", RetrievalRecipe, "VCOP/TCGL retrieval: test queries the train gallery, R@1/5/10/20/50")
 def run(engine: Engine, recipe: RetrievalRecipe, folds, modalities) -> list:
     rows = []
-    for modality in modalities:
-        spec = feature_spec(recipe, modality)
-        features = engine.features(spec)
+    for modality, spec, features, fold, gallery, queries in engine.fold_features(recipe, folds, modalities):
         x, y = torch.from_numpy(features.features), torch.from_numpy(features.labels)
-        for fold in folds:
-            gallery, queries = engine.fold_indices(features, fold)
-            if recipe.vcop_drop_last:
-                gallery, queries = drop_last_batch(gallery), drop_last_batch(queries)
-            rates = hit_rates(x[queries], y[queries], x[gallery], y[gallery], recipe.ks)
-            metrics = {f"R@{k}": 100 * v for k, v in rates.items()}
-            extra = {"gallery": len(gallery), "queries": len(queries)}
-            if features.thumbs is not None and recipe.figure_queries:
-                path = engine.figure_path(f"retrieval-{engine.dataset.name}-split{fold}-{modality}.png")
-                plot_neighbours(path, features, queries, gallery, x, recipe.figure_queries, engine.class_names())
-                extra["figure"] = str(path)
-            rows.append(engine.row(fold, "retrieval", modality, metrics, recipe, spec, **extra))
+        if recipe.vcop_drop_last:
+            gallery, queries = drop_last_batch(gallery), drop_last_batch(queries)
+        rates = hit_rates(x[queries], y[queries], x[gallery], y[gallery], recipe.ks)
+        metrics = {f"R@{k}": 100 * v for k, v in rates.items()}
+        extra = {"gallery": len(gallery), "queries": len(queries)}
+        if features.thumbs is not None and recipe.figure_queries:
+            path = engine.figure_path(f"retrieval-{engine.dataset.name}-split{fold}-{modality}.png")
+            plot_neighbours(path, features, queries, gallery, x, recipe.figure_queries, engine.class_names())
+            extra["figure"] = str(path)
+        rows.append(engine.row(fold, "retrieval", modality, metrics, recipe, spec, **extra))
     return rows
 
 
