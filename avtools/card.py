@@ -7,6 +7,7 @@ import io
 import numpy as np
 
 from avcl.data import schema
+from avcl.data.decode import decode_frames
 from avcl.data.sources import open_url
 from avtools.inspect import iter_samples
 
@@ -73,15 +74,20 @@ def _class_counts(summary: dict) -> dict[str, tuple[int, int]]:
     return {name: (a, t) for name, (a, t) in sorted(totals.items())}
 
 
-def _draw_sample(fig, grid, row: int, sample: dict) -> None:
-    import simplejpeg
+def sheet_frames(sample: dict, meta: dict) -> list[np.ndarray]:
+    """SHEET_FRAMES frames spread over the clip, at stored size, from JPEG members or the mp4 alike."""
+    n_frames = int(meta.get("n_frames") or 0)
+    if not n_frames:
+        return []
+    picks = np.linspace(0, n_frames - 1, SHEET_FRAMES).round().astype(int)
+    return decode_frames(sample, picks, canvas=min(int(meta["width"]), int(meta["height"])))
 
+
+def _draw_sample(fig, grid, row: int, sample: dict) -> None:
     meta = schema.decode_json(sample[schema.JSON_EXT])
-    frames = schema.frame_members(sample)
-    picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int) if frames else []
-    for col, i in enumerate(picks):
+    for col, frame in enumerate(sheet_frames(sample, meta)):
         ax = fig.add_subplot(grid[row, col])
-        ax.imshow(simplejpeg.decode_jpeg(sample[frames[i]]))
+        ax.imshow(frame)
         ax.set_axis_off()
         if col == 0:
             ax.set_title(f"{meta['label']} ({meta['split']})", fontsize=8, loc="left")

@@ -51,7 +51,7 @@ def build_dataset(
     partition: str = typer.Option("0/1", help="Build part I of N (I/N) for SLURM arrays or indexed jobs."),
     url_template: str = typer.Option("https://www.youtube.com/watch?v={youtube_id}", help="Video URL for a "
                                      "YouTube id; point it at a mirror."),
-    pad: float = typer.Option(2.0, help="Seconds downloaded on each side of a clip (cuts land on keyframes)."),
+    pad: float = typer.Option(0.25, help="Seconds downloaded on each side of a clip (the section then starts at the keyframe before)."),
     cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp (bot checks)."),
     cookies_from_browser: Optional[str] = typer.Option(None, help="Read cookies from this browser (firefox, ...)."),
     proxy: Optional[str] = typer.Option(None, help="Proxy URL for yt-dlp."),
@@ -158,7 +158,7 @@ def train(
     out: Path = typer.Option(..., help="The run folder: config.json, last.pt / best.pt, metrics.jsonl, curves.png."),
     val_data: list[str] = typer.Option(None, help="Labelled validation sources for the online kNN monitor "
                                                   "(--set run.knn_every=N)."),
-    config: Path = typer.Option(None, help="A TOML file of overrides ([method], [data], [optim], [run], ...)."),
+    config: Path = typer.Option(None, help="A TOML file of overrides: sections method, data, video, mel, optim, run."),
     preset: str = typer.Option(None, help="A named preset over the method's own: `demo` (tiny encoders, 300 "
                                           "steps, CPU-friendly; manifests/presets/named/)."),
     set_: list[str] = typer.Option(None, "--set", help="Override one key: --set optim.lr=0.05 --set method.tau=0.2"),

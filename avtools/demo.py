@@ -2,7 +2,7 @@
 -> shards -> `train --preset demo` -> `eval --protocol linear` and `knn`, pre-trained against random init.
 
 The clips (avtools.recipes.demo) pair a bouncing square's direction with a clicking sound of a class pitch,
-among nuisance (sizes, colours, speeds, backgrounds, a silent distractor). Everything lands in OUT:
+among nuisance (sizes, colours, speeds, positions, backgrounds). Everything lands in OUT:
 data/ (shards, ledger, card.png with samples and spectrograms), run/ (checkpoints, curves.png),
 results-{pretrained,random}.json and demo.json (the printed table).
 """
@@ -35,7 +35,7 @@ class DemoOptions:
 
     @classmethod
     def quick(cls, out: Path, method: str = "temporal-av") -> "DemoOptions":
-        """The test suite's version: fewer clips and steps, the same pipeline."""
+        """The test suite's version: fewer clips and steps, the same pipeline (too short to show learning)."""
         return cls(out=out, method=method, clips_per_class=12, steps=60)
 
 

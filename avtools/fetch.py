@@ -32,7 +32,7 @@ MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wav
 class FetchOptions:
     url_template: str = DEFAULT_URL_TEMPLATE
     source: Path | None = None  # local mirror (CVDF layout, class folders or flat)
-    pad: float = 2.0  # seconds downloaded on each side of the clip
+    pad: float = 0.25  # seconds downloaded on each side of the clip (the cut back to a keyframe adds more)
     min_height: int = 128  # lowest format whose height still meets this
     cookies: Path | None = None
     cookies_from_browser: str | None = None

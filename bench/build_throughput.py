@@ -55,7 +55,7 @@ def run_avtools(server, work: Path, plan, workers: int) -> tuple[float, float]:
         f"bowling,{name},{s},{s + CLIP_SECONDS},train\n" for name, s in plan))
     cmd = [sys.executable, "-m", "avtools", "build-dataset", "kinetics-sounds32", "--out", str(work / "avtools"),
            "--annotations", str(csv), "--url-template", server.url("{youtube_id}.mp4"), "--workers", str(workers),
-           "--pad", "1", "--no-card"]
+           "--no-card"]
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.time() - started

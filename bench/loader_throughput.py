@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fractions
+import itertools
 import os
 import platform
 import subprocess
@@ -74,6 +75,30 @@ def avcl_rate(spec_urls: list[str], samples: int) -> float:
     return (samples // 8) * 8 / (time.perf_counter() - started)
 
 
+def stage_costs(folder: Path, samples: int = 32) -> dict[str, float]:
+    """Milliseconds per sample of each stage of the local loader, measured apart (where the time goes)."""
+    from avcl.data.decode import AudioReader, decode_jpeg
+    from avcl.data.schema import frame_members
+    from avcl.data.stream import BadData, read_samples
+
+    started = time.perf_counter()
+    raw = list(itertools.islice(read_samples(iter(sorted(str(p) for p in folder.glob("*.tar"))), BadData()), samples))
+    costs = {"tar parsing (webdataset)": time.perf_counter() - started}
+    started = time.perf_counter()
+    for sample in raw:
+        for name in frame_members(sample)[:32]:
+            decode_jpeg(sample[name], 112)
+    costs["32 JPEG decodes"] = time.perf_counter() - started
+    started = time.perf_counter()
+    for sample in raw:
+        audio = AudioReader(sample)
+        audio.read(16000, 48000), audio.read(80000, 112000)
+    costs["two 2 s FLAC windows"] = time.perf_counter() - started
+    members = sum(len(sample) - 1 for sample in raw) / len(raw)
+    return {f"{name} ({members:.0f} members)" if name.startswith("tar") else name: 1e3 * seconds / len(raw)
+            for name, seconds in costs.items()}
+
+
 def avid_style_rate(files: list[Path], samples: int) -> float:
     """Decode each sample from its mp4: two random 16-frame windows at 16 fps plus 2 s of audio per window."""
     rng = np.random.default_rng(0)
@@ -132,6 +157,7 @@ def main() -> None:
                         "--out", str(work / "ds"), "--fps", "16", "--short-side", "128", "--samples-per-shard", "8",
                         "--no-card"], check=True, stdout=subprocess.DEVNULL)
         local = avcl_rate([str(work / "ds")], args.samples)
+        stages = stage_costs(work / "ds")
         s3 = with_s3(work / "ds", lambda url: avcl_rate([url], args.samples))
         avid = avid_style_rate(files, max(16, args.samples // 8))
     rows = [("avcl TrainStream, local JPEG shards", local), ("avcl TrainStream, loopback S3 (moto)", s3),
@@ -141,6 +167,8 @@ def main() -> None:
              "| loader | two-view samples/s/core |", "|---|---|"]
     lines += [f"| {name} | {rate:.1f} |" for name, rate in rows]
     lines.append(f"\nratios: local / AVID-style **{local / avid:.1f}x**, S3 / local **{s3 / local:.2f}**")
+    lines += ["", "| stage of the local loader, measured apart | ms per sample |", "|---|---|"]
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in stages.items()]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(ROOT / "BENCHMARKS.md", "a") as f:

@@ -1,6 +1,6 @@
 """`avtools demo --quick` end to end: synthetic clips -> shards -> train --preset demo -> eval linear and knn,
-pre-trained and random init, table and figures. (The learning check's margin is measured by bench/learning.py;
-see BENCHMARKS.md: it is not yet reached on the current demo data, so it is not asserted here.)"""
+pre-trained and random init, table and figures. The learning check's margin is measured by bench/learning.py
+(BENCHMARKS.md); it is not robust enough yet across runs to be asserted here."""
 from __future__ import annotations
 
 import json

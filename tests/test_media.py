@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from avcl.data import schema
 from avtools import media
+from avtools.card import SHEET_FRAMES, sheet_frames
 from avtools.reasons import ClipError
 from tests.conftest import MEDIA
 from tests.support.timecoded import burst_onsets, frame_index, write_timecoded
@@ -110,3 +112,6 @@ def test_mp4_frame_storage_round_trips(timecoded):
     assert [frame_index(f.to_ndarray(format="rgb24")) for f in frames[:3]] == [50, 51, 53]
     keys = [i for i, f in enumerate(frames) if f.key_frame] + [len(frames)]
     assert keys[0] == 0 and max(b - a for a, b in zip(keys, keys[1:])) <= 16  # GOP at most 16 (scene cuts add more)
+    as_read = {schema.split_member(name)[1]: data for name, data in sample.members} | {"__key__": sample.key}
+    sheet = sheet_frames(as_read, sample.meta)  # the dataset card's contact sheet decodes the mp4
+    assert len(sheet) == SHEET_FRAMES and frame_index(sheet[-1]) == frame_index(frames[-1].to_ndarray(format="rgb24"))

@@ -227,3 +227,21 @@ def test_inspect_views_draws_what_the_model_sees(timecoded_dataset, tmp_path, me
         assert image.height > rows * 150 and np.asarray(image.convert("L")).std() > 10
     bad = CliRunner().invoke(app, ["inspect", str(timecoded_dataset), "--views", "nope"])
     assert bad.exit_code == 2 and "unknown method" in bad.output
+
+
+def test_audio_windows_read_by_seeking_equal_slices_of_the_whole_recording():
+    from avcl.data import schema
+    from avcl.data.decode import AudioReader, SampleError
+
+    rng = np.random.default_rng(0)
+    wave = (rng.normal(0, 3000, 16000 * 5)).astype(np.int16)
+    flac = schema.flac_bytes(wave, 16000)
+    reader = AudioReader({"__key__": "k", "flac": flac})
+    assert (reader.rate, reader.length) == (16000, len(wave))
+    for lo in [0, 1, 4095, 4096, 33333, 79000]:
+        hi = min(len(wave), lo + int(rng.integers(1, 20000)))
+        assert np.array_equal(reader.read(lo, hi), wave[lo:hi])
+    with pytest.raises(SampleError, match="corrupt FLAC"):
+        AudioReader({"__key__": "k", "flac": b"fLaC" + b"\x00" * 40})
+    with pytest.raises(SampleError, match="FLAC"):
+        AudioReader({"__key__": "k", "flac": flac[: len(flac) // 2]}).read(60000, 70000)

@@ -2,7 +2,7 @@
 
 JPEG frames decode with simplejpeg, DCT-domain downscaled to the smallest size that still covers the canvas
 (Pillow when simplejpeg is missing); `mp4` samples decode with PyAV (short GOP, so the whole clip once); FLAC with
-soundfile. Every function raises `SampleError` on bad bytes so the stream can skip and count the sample.
+soundfile, window by window. Every function raises `SampleError` on bad bytes so the stream can skip and count the sample.
 """
 from __future__ import annotations
 
@@ -89,11 +89,28 @@ def _decode_mp4(data: bytes, wanted: set[int]) -> dict[int, np.ndarray]:
     return frames
 
 
-def decode_audio(sample: dict) -> tuple[np.ndarray, int]:
-    """Mono int16 samples and their rate."""
-    if schema.AUDIO_EXT not in sample:
-        raise SampleError(f"{sample.get('__key__')}: no {schema.AUDIO_EXT} member (audio needed by these views)")
-    try:
-        return schema.read_flac(sample[schema.AUDIO_EXT])
-    except Exception as exc:  # soundfile raises LibsndfileError (a RuntimeError) on bad bytes
-        raise SampleError(f"{sample.get('__key__')}: corrupt FLAC: {exc}") from exc
+class AudioReader:
+    """Random access to a sample's FLAC: only the windows the views need are decoded (seek + read)."""
+
+    def __init__(self, sample: dict):
+        import soundfile
+
+        if schema.AUDIO_EXT not in sample:
+            raise SampleError(f"{sample.get('__key__')}: no {schema.AUDIO_EXT} member (audio needed by these views)")
+        self.key = sample.get("__key__")
+        try:
+            self.file = soundfile.SoundFile(io.BytesIO(sample[schema.AUDIO_EXT]))
+        except Exception as exc:  # soundfile raises LibsndfileError (a RuntimeError) on bad bytes
+            raise SampleError(f"{self.key}: corrupt FLAC: {exc}") from exc
+        self.rate, self.length = self.file.samplerate, self.file.frames
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """int16 samples [lo, hi) of the recording (0 <= lo <= hi <= length)."""
+        try:
+            self.file.seek(lo)
+            out = self.file.read(hi - lo, dtype="int16")
+        except Exception as exc:
+            raise SampleError(f"{self.key}: corrupt FLAC: {exc}") from exc
+        if len(out) != hi - lo:
+            raise SampleError(f"{self.key}: FLAC ends at {lo + len(out)} samples, not {hi}")
+        return out

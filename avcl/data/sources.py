@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ import braceexpand
 
 DATASET_JSON = "dataset.json"
 RETRIES = 4
+READ_BUFFER = 1 << 20  # tar parsing asks for 512-byte headers and small members: read the source in 1 MiB chunks
 
 
 @dataclasses.dataclass
@@ -69,11 +71,12 @@ def open_url(url: str) -> IO[bytes]:
     if url.startswith("pipe:"):
         return _PipeStream(url[len("pipe:"):])
     if url.startswith(("http://", "https://")):
-        return _with_retries(lambda: urllib.request.urlopen(url, timeout=60), url)
+        return io.BufferedReader(_with_retries(lambda: urllib.request.urlopen(url, timeout=60), url), READ_BUFFER)
     if url.startswith("s3://"):
         bucket, key = split_s3(url)
-        return _with_retries(lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"], url)
-    return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+        body = _with_retries(lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"], url)
+        return io.BufferedReader(body, READ_BUFFER)
+    return open(url[len("file://"):] if url.startswith("file://") else url, "rb", buffering=READ_BUFFER)
 
 
 def _is_missing(exc: Exception) -> bool:

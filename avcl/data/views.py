@@ -19,7 +19,7 @@ import itertools
 
 import numpy as np
 
-from avcl.data.decode import SampleError, decode_audio, decode_frames, frame_count, sample_meta
+from avcl.data.decode import AudioReader, SampleError, decode_frames, frame_count, sample_meta
 
 
 def permutations(n: int) -> list[tuple[int, ...]]:
@@ -132,15 +132,15 @@ def _plan_tuple(spec: ViewSpec, n_frames: int, fps: float, rng) -> tuple[list[Cl
     return plans, order
 
 
-def audio_window(wave: np.ndarray, rate: int, centre: float, seconds: float, speed: int, direction: int) -> np.ndarray:
+def audio_window(audio: AudioReader, centre: float, seconds: float, speed: int, direction: int) -> np.ndarray:
     """`seconds * rate` int16 samples: real time `seconds * speed` around `centre`, sped up and maybe reversed."""
-    out_len = int(round(seconds * rate))
+    out_len = int(round(seconds * audio.rate))
     covered = out_len * speed
-    first = int(round(centre * rate)) - covered // 2
+    first = int(round(centre * audio.rate)) - covered // 2
     window = np.zeros(covered, np.int16)
-    lo, hi = max(0, first), min(len(wave), first + covered)
+    lo, hi = max(0, first), min(audio.length, first + covered)
     if hi > lo:
-        window[lo - first:hi - first] = wave[lo:hi]
+        window[lo - first:hi - first] = audio.read(lo, hi)
     if speed > 1:
         window = window.reshape(out_len, speed).mean(axis=1).round().astype(np.int16)
     return window[::direction].copy()
@@ -190,22 +190,22 @@ def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
                   "direction": np.array([int(p.direction < 0) for p in plans]),
                   "start": np.array([p.start for p in plans], np.float32), "order": np.int64(order)})
     if spec.audio:
-        wave, rate = decode_audio(sample)
-        if rate != meta["audio_rate"]:
-            raise SampleError(f"{sample.get('__key__')}: FLAC rate {rate} != json audio_rate {meta['audio_rate']}")
-        views["audio"] = np.stack([audio_window(wave, rate, p.start + p.span / 2, spec.audio_seconds, p.speed,
-                                                p.direction) for p in plans])
+        audio = AudioReader(sample)
+        if audio.rate != meta["audio_rate"]:
+            raise SampleError(f"{sample.get('__key__')}: FLAC rate {audio.rate} != json audio_rate {meta['audio_rate']}")
+        views["audio"] = np.stack([audio_window(audio, p.start + p.span / 2, spec.audio_seconds, p.speed, p.direction)
+                                   for p in plans])
         if spec.inter_order:
-            views["xorder"], views["audio_shifted"] = _shifted_audio(wave, rate, plans[0], spec, rng)
+            views["xorder"], views["audio_shifted"] = _shifted_audio(audio, plans[0], spec, rng)
     return views
 
 
-def _shifted_audio(wave, rate, plan: ClipPlan, spec: ViewSpec, rng) -> tuple[np.int64, np.ndarray]:
+def _shifted_audio(audio: AudioReader, plan: ClipPlan, spec: ViewSpec, rng) -> tuple[np.int64, np.ndarray]:
     """Audio for clip 0 taken one window before (0), at (1) or after (2) its frames: the inter-modal order task."""
     label = int(rng.integers(3)) if rng is not None else 1
     shift = (label - 1) * spec.audio_seconds * plan.speed
     centre = plan.start + plan.span / 2 + shift
-    return np.int64(label), audio_window(wave, rate, centre, spec.audio_seconds, plan.speed, plan.direction)
+    return np.int64(label), audio_window(audio, centre, spec.audio_seconds, plan.speed, plan.direction)
 
 
 def fold_codes(meta: dict) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 Each class pairs a motion pattern with a sound: a square bouncing along one direction that clicks at every
 bounce, with a class-specific pitch. Nuisance varies per clip so that the classes are not trivial: the
-square's size, colour, speed, phase and offset, the background's brightness, tint and noise, and a silent
-distractor square bouncing in another class's direction. Media are written once with PyAV into the avtools
-cache, then read like the `folder` recipe.
+square's size, colour, speed, phase and offset, the background's brightness, tint and noise. The square drags a
+fading trail and each click starts sharply and decays, so playback direction shows in both modalities, and the
+bounce speed varies less than a factor 2, so playback speed (frame skip 1/2/4) shows too: the temporal tasks of
+temporal-av and TCGL have something to learn. Media are written once with PyAV into the avtools cache, then
+read like the `folder` recipe.
 """
 from __future__ import annotations
 
@@ -20,21 +22,25 @@ from avtools.recipes.folder import folder
 CLASSES = {"horizontal-low": (0, 220.0), "vertical-mid": (1, 440.0), "diagonal-high": (2, 880.0),
            "antidiagonal-mid": (3, 660.0)}
 CLIPS_PER_CLASS = 8
+MEDIA_VERSION = 3  # bump when the clips change: media of each version and size live in their own folder
 DIRECTIONS = [(1, 0), (0, 1), (1, 1), (1, -1)]
 SECONDS, FPS, SIZE, RATE = 4.0, 16, 96, 16000
+SPEEDS = (1.0, 1.5)  # bounces per second
+TRAIL = (0.25, 0.5, 0.75)  # opacity of the square's last positions, oldest first
 
 
 def demo_media(root: Path, clips_per_class: int = CLIPS_PER_CLASS) -> Path:
-    """Write the demo videos under `root` (once per size); returns the folder of class subfolders."""
-    done = root / f".complete-{clips_per_class}"
+    """Write the demo videos (once per size and version) below `root`; returns the folder of class subfolders."""
+    folder = root / f"v{MEDIA_VERSION}-{clips_per_class}-per-class"
+    done = folder / ".complete"
     if not done.exists():
         rng = np.random.default_rng(0)
         for name, (direction, pitch) in CLASSES.items():
-            (root / name).mkdir(parents=True, exist_ok=True)
+            (folder / name).mkdir(parents=True, exist_ok=True)
             for i in range(clips_per_class):
-                _write_clip(root / name / f"{name}-{i:02d}.mp4", direction, pitch, rng)
+                _write_clip(folder / name / f"{name}-{i:02d}.mp4", direction, pitch, rng)
         done.touch()
-    return root
+    return folder
 
 
 def _bounce(n: int, speed: float, phase: float) -> np.ndarray:
@@ -55,14 +61,10 @@ def _write_clip(path: Path, direction: int, pitch: float, rng) -> None:
     import av
 
     n = int(SECONDS * FPS)
-    speed, phase = rng.uniform(0.5, 1.5), rng.uniform(0, 1)  # bounces per second, start
+    speed, phase = rng.uniform(*SPEEDS), rng.uniform(0, 1)
     side = int(rng.integers(10, 22))
-    target = _place(_bounce(n, speed, phase), direction, rng.uniform(0.2, 0.8), SIZE - side)
-    other = int(rng.choice([d for d in range(len(DIRECTIONS)) if d != direction]))
-    distractor_side = int(rng.integers(8, 18))
-    distractor = _place(_bounce(n, rng.uniform(0.5, 1.5), rng.uniform(0, 1)), other, rng.uniform(0.2, 0.8),
-                        SIZE - distractor_side)
-    colours = rng.integers(60, 256, (2, 3))
+    xs, ys = _place(_bounce(n, speed, phase), direction, rng.uniform(0.2, 0.8), SIZE - side)
+    colour = rng.integers(60, 256, 3)
     background, tint, grain = rng.uniform(20, 70), rng.uniform(-15, 15, 3), rng.uniform(4, 16)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS)
@@ -71,10 +73,13 @@ def _write_clip(path: Path, direction: int, pitch: float, rng) -> None:
         video.options = {"preset": "ultrafast", "crf": "23"}
         audio = out.add_stream("aac", rate=RATE, layout="mono")
         for k in range(n):
-            frame = rng.normal(background + tint, grain, (SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
-            for (xs, ys), s, colour in ((distractor, distractor_side, colours[1]), (target, side, colours[0])):
-                frame[ys[k]:ys[k] + s, xs[k]:xs[k] + s] = colour
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            frame = rng.normal(background + tint, grain, (SIZE, SIZE, 3)).clip(0, 255)
+            for age, opacity in zip(range(len(TRAIL), 0, -1), TRAIL):
+                j = max(0, k - age)
+                square = frame[ys[j]:ys[j] + side, xs[j]:xs[j] + side]
+                square += opacity * (colour - square)
+            frame[ys[k]:ys[k] + side, xs[k]:xs[k] + side] = colour
+            picture = av.VideoFrame.from_ndarray(frame.astype(np.uint8), format="rgb24")
             picture.pts, picture.time_base = k, fractions.Fraction(1, FPS)
             out.mux(video.encode(picture))
         out.mux(video.encode())
