@@ -51,7 +51,8 @@ def build_dataset(
     partition: str = typer.Option("0/1", help="Build part I of N (I/N) for SLURM arrays or indexed jobs."),
     url_template: str = typer.Option("https://www.youtube.com/watch?v={youtube_id}", help="Video URL for a "
                                      "YouTube id; point it at a mirror."),
-    pad: float = typer.Option(0.25, help="Seconds downloaded on each side of a clip (the section then starts at the keyframe before)."),
+    pad: float = typer.Option(0.25, help="Seconds downloaded on each side of a clip (the section then starts at "
+                                         "the keyframe before)."),
     cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp (bot checks)."),
     cookies_from_browser: Optional[str] = typer.Option(None, help="Read cookies from this browser (firefox, ...)."),
     proxy: Optional[str] = typer.Option(None, help="Proxy URL for yt-dlp."),

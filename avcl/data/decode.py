@@ -2,7 +2,8 @@
 
 JPEG frames decode with simplejpeg, DCT-domain downscaled to the smallest size that still covers the canvas
 (Pillow when simplejpeg is missing); `mp4` samples decode with PyAV (short GOP, so the whole clip once); FLAC with
-soundfile, window by window. Every function raises `SampleError` on bad bytes so the stream can skip and count the sample.
+soundfile, only the windows the views need. Every function raises `SampleError` on bad bytes so the stream can
+skip and count the sample.
 """
 from __future__ import annotations
 

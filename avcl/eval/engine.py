@@ -16,15 +16,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, dataset_info, resolve
 from avcl.data.stream import EvalStream
 from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
-from avcl.eval.features import (FeatureSpec, Features, cache_key, data_identity, extract, feature_spec, feature_views,
-                                stream_config)
+from avcl.eval.features import FeatureSpec, Features, cache_key, extract, feature_spec, feature_views, stream_config
+from avcl.methods.losses import world
 from avcl.registry import Registry
 
 log = logging.getLogger("avcl.eval")
@@ -80,12 +79,13 @@ class Engine:
             raise EvalDataError(f"{options.data}: no dataset.json there; evaluation reads a dataset folder built "
                                 "by `avtools build-dataset` (local, http(s):// or s3://)")
         self.splits = [name for name, s in self.info["splits"].items() if s["shards"]]
+        self.data_identity = cache_key(self.info)  # what feature caches know of the data: dataset.json
         self.cache_hits = self.cache_misses = 0
         self.autocast = AUTOCAST[options.precision] if device.type == "cuda" else None
 
     @property
     def rank(self) -> int:
-        return _rank()
+        return world()[0]
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +127,7 @@ class Engine:
     def _split_features(self, split: str, spec: FeatureSpec, perturb) -> Features:
         config = self.encoders.config
         return self.cached(f"{self.dataset.name}/{split}", lambda: self._extract(split, spec, perturb),
-                           data_identity(resolve(self.url, split), self.url), split, dataclasses.asdict(spec),
+                           self.data_identity, split, dataclasses.asdict(spec),
                            dataclasses.asdict(config.video), dataclasses.asdict(config.mel),
                            getattr(perturb, "describe", None))
 
@@ -140,21 +140,18 @@ class Engine:
             return Features.load(path)
         self.cache_misses += 1
         features = compute()
-        if _rank() == 0:
+        if self.rank == 0:
             features.save(path)
         return features
 
     def _extract(self, split: str, spec: FeatureSpec, perturb) -> Features:
-        method = self.encoders.method
         try:
             source = resolve(self.url, split)
         except SourceError as exc:
             raise EvalDataError(str(exc)) from None
-        train_spec = self.train_views()
-        audio = spec.modality in ("audio", "fused")
-        views = feature_views(spec, train_spec, train_spec.audio_seconds, audio, spec.modality != "audio")
-        stream = EvalStream([source], views, stream_config(self.options.batch_size, self.options.workers),
-                            seed=spec.augment_seed, perturb=perturb)
+        config = stream_config(self.options.batch_size, self.options.workers)
+        stream = EvalStream([source], feature_views(spec, self.train_views()), config, seed=spec.augment_seed,
+                            perturb=perturb)
         embed = clip_embedder(self.encoders, spec.modality, spec.layer)
         with _progress(f"features {self.dataset.name}/{split} ({spec.modality})", source.num_samples) as advance:
             return extract(embed, stream, self.augment(spec), self.autocast, train_views=spec.augment_seed is not None,
@@ -210,10 +207,6 @@ def with_means(rows: list[Row]) -> list[Row]:
     return rows + [mean_row(g) for g in groups.values() if len(g) > 1]
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 class _progress:
     """A rich progress bar on rank 0 while features are extracted."""
 
@@ -224,7 +217,7 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            disable=_rank() != 0, transient=True)
+                            disable=world()[0] != 0, transient=True)
         self.bar.start()
         task = self.bar.add_task(self.what, total=self.total)
         return lambda n: self.bar.advance(task, n)

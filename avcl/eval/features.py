@@ -22,9 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avcl.data.augment import DeviceAugment
-from avcl.data.sources import Source, dataset_info
 from avcl.data.stream import EvalStream, StreamConfig, loader
 from avcl.data.views import ViewSpec
+from avcl.methods.losses import world
 
 log = logging.getLogger("avcl.eval")
 
@@ -126,17 +126,14 @@ def _thumbnails(video: torch.Tensor) -> torch.Tensor:
     return F.interpolate(middle, size=(THUMB, THUMB), mode="area").round().byte().permute(0, 2, 3, 1)
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _gather_rows(x: torch.Tensor, device) -> torch.Tensor:
     """Concatenate each rank's rows (any count per rank) on every rank, in rank order."""
-    if _world() == 1:
+    size = world()[1]
+    if size == 1:
         return x
     backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
     x = x.to(backend_device)
-    sizes = [torch.zeros(1, dtype=torch.long, device=backend_device) for _ in range(_world())]
+    sizes = [torch.zeros(1, dtype=torch.long, device=backend_device) for _ in range(size)]
     dist.all_gather(sizes, torch.tensor([len(x)], device=backend_device))
     longest = max(int(s) for s in sizes)
     padded = torch.zeros(longest, *x.shape[1:], dtype=x.dtype, device=backend_device)
@@ -147,9 +144,10 @@ def _gather_rows(x: torch.Tensor, device) -> torch.Tensor:
 
 
 def _gather_objects(items: list) -> list:
-    if _world() == 1:
+    size = world()[1]
+    if size == 1:
         return items
-    out = [None] * _world()
+    out = [None] * size
     dist.all_gather_object(out, items)
     return [item for part in out for item in part]
 
@@ -164,22 +162,17 @@ def feature_spec(recipe, modality: str, **changes) -> FeatureSpec:
     return FeatureSpec(modality=modality, **(values | changes))
 
 
-def feature_views(spec: FeatureSpec, train_spec: ViewSpec, audio_seconds: float, audio: bool, video: bool) -> ViewSpec:
-    """The views one sample gives for `spec`: evenly spaced test clips, or random ones for augmented crops."""
+def feature_views(spec: FeatureSpec, train_spec: ViewSpec) -> ViewSpec:
+    """The views one sample gives for `spec` (derived from the method's training views): evenly spaced test
+    clips, or random ones for augmented crops; the modalities `spec` needs, audio as long as in training."""
     random_views = spec.augment_seed is not None
     return dataclasses.replace(
         train_spec, clips=spec.clips if random_views else train_spec.clips, test_clips=0 if random_views else spec.clips,
         frames=spec.frames, speeds=(1,), directions=(1,), disjoint=False, tuple_gap=None, inter_order=False,
-        audio=audio, video=video, audio_seconds=spec.audio_seconds or audio_seconds)
-
-
-def data_identity(source: Source, url: str) -> str:
-    """What the cache key knows of the data: the dataset.json content (or the shard list)."""
-    info = dataset_info(url)
-    return cache_key(info) if info is not None else cache_key(source.urls, source.shard_samples)
+        audio=spec.modality in ("audio", "fused"), video=spec.modality != "audio",
+        audio_seconds=spec.audio_seconds or train_spec.audio_seconds)
 
 
 def stream_config(batch_size: int, workers: int) -> StreamConfig:
-    world = _world()
-    rank = dist.get_rank() if world > 1 else 0
-    return StreamConfig(batch_size=batch_size, workers=workers, world_size=world, rank=rank)
+    rank, size = world()
+    return StreamConfig(batch_size=batch_size, workers=workers, world_size=size, rank=rank)

@@ -23,7 +23,8 @@ from avcl.data.sources import resolve
 from avcl.data.stream import EvalStream, TrainStream, loader
 from avcl.eval.engine import Engine
 from avcl.eval.encoders import clip_embedder, embedding_dim
-from avcl.eval.features import FeatureSpec, Features, data_identity, extract, feature_views, stream_config
+from avcl.eval.features import FeatureSpec, Features, extract, feature_views, stream_config
+from avcl.methods import losses
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ def test_probabilities(engine: Engine, recipe: SupervisedRecipe, fold: str, moda
     """Mean softmax over test views of each test sample after training on `fold` (cached like features)."""
     return engine.cached(f"{engine.dataset.name} split {fold} fine-tuned predictions",
                          lambda: train_and_test(engine, recipe, fold, modality),
-                         "supervised", data_identity(resolve(engine.url, engine.splits[0]), engine.url), fold, modality,
+                         "supervised", engine.data_identity, fold, modality,
                          dataclasses.asdict(recipe), dataclasses.asdict(engine.encoders.config.video))
 
 
@@ -84,7 +85,7 @@ def train_and_test(engine: Engine, recipe: SupervisedRecipe, fold: str, modality
     torch.manual_seed(recipe.seed)
     dataset, device = engine.dataset, engine.device
     model = Classifier(engine, modality, engine.num_classes, recipe.dropout, recipe.freeze_backbone).to(device)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = losses.world()[1]
     train_stream = _train_stream(engine, recipe, fold, modality, world)
     augment = engine.augment(FeatureSpec(size=recipe.size), scale=recipe.crop_scale, jitter_p=recipe.jitter_p,
                              grayscale=0.0)
@@ -121,17 +122,11 @@ def _train_stream(engine: Engine, recipe, fold: str, modality: str, world: int) 
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "train", engine.splits)]
     videos = dataset.count(engine.info, fold, "train")
     spec = FeatureSpec(modality=modality, clips=1, frames=recipe.frames, size=recipe.size, augment_seed=recipe.seed)
-    views = _views(engine, spec)
+    views = feature_views(spec, engine.train_views())
     config = stream_config(recipe.batch_size // world, engine.options.workers)
     config.seed = recipe.seed
     return TrainStream(sources, views, config, epoch_samples=videos * recipe.clips_per_video,
                        select=dataset.selector(fold, "train", engine.splits))
-
-
-def _views(engine: Engine, spec: FeatureSpec):
-    train_spec = engine.train_views()
-    return feature_views(spec, train_spec, train_spec.audio_seconds, spec.modality in ("audio", "fused"),
-                         spec.modality != "audio")
 
 
 def _optimizer(model: Classifier, recipe: SupervisedRecipe) -> torch.optim.Optimizer:
@@ -167,7 +162,8 @@ def _test(engine: Engine, recipe: SupervisedRecipe, model: Classifier, fold: str
     spec = FeatureSpec(modality=modality, clips=clips, crops=crops, frames=recipe.frames, size=recipe.size)
     dataset = engine.dataset
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "test", engine.splits)]
-    stream = EvalStream(sources, _views(engine, spec), stream_config(engine.options.batch_size, engine.options.workers),
+    config = stream_config(engine.options.batch_size, engine.options.workers)
+    stream = EvalStream(sources, feature_views(spec, engine.train_views()), config,
                         select=dataset.selector(fold, "test", engine.splits))
     softmax = lambda inputs: torch.softmax(model(inputs).float(), dim=-1)  # noqa: E731
     return extract(softmax, stream, engine.augment(spec), engine.autocast)

@@ -125,7 +125,6 @@ class AVCL(Method):
             loss = loss + cfg.lambda_cgra * terms["cgra"]
         return loss, detached(terms)
 
-
     def tokens(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-time-step tokens: video [M, T', C] (space averaged), audio [M, T'a, C] (frequency averaged)."""
         v_tokens = self.video.features(video).mean(dim=(3, 4)).transpose(1, 2)
