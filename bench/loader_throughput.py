@@ -2,10 +2,11 @@
 
     python bench/loader_throughput.py [--videos 24] [--samples 300]
 
-One run, the same clips three ways, each in one process with one torch/BLAS thread (so per core):
+One run, the same clips four ways, each in one process with one torch/BLAS thread (so per core):
   1. avcl TrainStream over local JPEG shards built by `avtools build-dataset folder`;
-  2. the same over the loopback moto S3 server;
-  3. an AVID-style loader: per sample, open the source mp4 with PyAV, seek and decode 16 frames at 16 fps
+  2. the same reading the tars through WebDataset's tarfile-based expander (`tar_reader="webdataset"`);
+  3. the same as 1 over the loopback moto S3 server;
+  4. an AVID-style loader: per sample, open the source mp4 with PyAV, seek and decode 16 frames at 16 fps
      for each of two views (scaled to 128 short side by the decoder) plus 2 s of audio resampled to 16 kHz.
 A sample is two 16x112x112 clips (canvas 112) with 2 s of 16 kHz audio each. Appends to BENCHMARKS.md.
 """
@@ -58,13 +59,13 @@ def write_textured(path: Path, seed: int) -> None:
         out.mux(audio.encode())
 
 
-def avcl_rate(spec_urls: list[str], samples: int) -> float:
+def avcl_rate(spec_urls: list[str], samples: int, tar_reader: str = "avcl") -> float:
     from avcl.data.sources import resolve_all
     from avcl.data.stream import StreamConfig, TrainStream
     from avcl.data.views import ViewSpec
 
     spec = ViewSpec(clips=2, frames=16, canvas=112, audio_seconds=2.0)
-    stream = TrainStream(resolve_all(spec_urls), spec, StreamConfig(batch_size=8, workers=0, shuffle=64),
+    stream = TrainStream(resolve_all(spec_urls), spec, StreamConfig(batch_size=8, workers=0, shuffle=64, tar_reader=tar_reader),
                          epoch_samples=10 ** 9)
     iterator = iter(stream)
     next(iterator)  # warm-up: first shard open, shuffle buffer fill
@@ -81,9 +82,12 @@ def stage_costs(folder: Path, samples: int = 32) -> dict[str, float]:
     from avcl.data.schema import frame_members
     from avcl.data.stream import BadData, read_samples
 
-    started = time.perf_counter()
-    raw = list(itertools.islice(read_samples(iter(sorted(str(p) for p in folder.glob("*.tar"))), BadData()), samples))
-    costs = {"tar parsing (webdataset)": time.perf_counter() - started}
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    costs = {}
+    for reader in ("webdataset", "avcl"):
+        started = time.perf_counter()
+        raw = list(itertools.islice(read_samples(iter(shards), BadData(), reader), samples))
+        costs[f"tar parsing, {reader} reader"] = time.perf_counter() - started
     started = time.perf_counter()
     for sample in raw:
         for name in frame_members(sample)[:32]:
@@ -158,16 +162,20 @@ def main() -> None:
                         "--out", str(work / "ds"), "--fps", "16", "--short-side", "128", "--samples-per-shard", "8",
                         "--no-card"], check=True, stdout=subprocess.DEVNULL)
         local = avcl_rate([str(work / "ds")], args.samples)
+        tarfile_local = avcl_rate([str(work / "ds")], args.samples, "webdataset")
         stages = stage_costs(work / "ds")
         s3 = with_s3(work / "ds", lambda url: avcl_rate([url], args.samples))
         avid = avid_style_rate(files, max(16, args.samples // 8))
-    rows = [("avcl TrainStream, local JPEG shards", local), ("avcl TrainStream, loopback S3 (moto)", s3),
+    rows = [("avcl TrainStream, local JPEG shards", local),
+            ("the same, tars read by WebDataset's tarfile-based expander", tarfile_local),
+            ("avcl TrainStream, loopback S3 (moto)", s3),
             ("AVID-style: PyAV decode of each sample's mp4", avid)]
     lines = [f"\n### two-view loader throughput ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{os.cpu_count()} cores, 1 process x 1 thread, {args.videos} 10 s {SIZE[0]}x{SIZE[1]} videos)\n",
              "| loader | two-view samples/s/core |", "|---|---|"]
     lines += [f"| {name} | {rate:.1f} |" for name, rate in rows]
-    lines.append(f"\nratios: local / AVID-style **{local / avid:.1f}x**, S3 / local **{s3 / local:.2f}**")
+    lines.append(f"\nratios: local / AVID-style **{local / avid:.1f}x**, S3 / local **{s3 / local:.2f}**, "
+                 f"avcl / WebDataset tar reader **{local / tarfile_local:.2f}x**")
     lines += ["", "| stage of the local loader, measured apart | ms per sample |", "|---|---|"]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in stages.items()]
     text = "\n".join(lines) + "\n"

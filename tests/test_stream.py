@@ -177,7 +177,8 @@ def shard_keys(path: Path) -> list[str]:
         return sorted({name.split(".")[0] for name in tar.getnames()})
 
 
-def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, caplog):
+@pytest.mark.parametrize("tar_reader, truncated", [("avcl", "truncated inside"), ("webdataset", "unexpected end")])
+def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, caplog, tar_reader, truncated):
     broken = tmp_path / "broken"
     shutil.copytree(timecoded_dataset, broken)
     shards = sorted(broken.glob("*.tar"))
@@ -201,15 +202,16 @@ def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, c
     sources = resolve_all([str(broken)])
     spec = ViewSpec(clips=1, frames=8, canvas=64, audio_seconds=0.5)  # evaluation decodes frames 0-7
     with caplog.at_level(logging.WARNING, logger="avcl.data"):
-        train = list(loader(TrainStream(sources, spec, StreamConfig(batch_size=2, workers=0))))
-        stream = EvalStream(sources, eval_spec(spec, 1), StreamConfig(batch_size=2, workers=0))
+        config = StreamConfig(batch_size=2, workers=0, tar_reader=tar_reader)
+        train = list(loader(TrainStream(sources, spec, config)))
+        stream = EvalStream(sources, eval_spec(spec, 1), config)
         evaluated = list(loader(stream))
     assert len(train) == 3 and all(len(b["key"]) == 2 for b in train)
     good = {k for b in evaluated for k, ok in zip(b["key"], b["valid"]) if ok}
     assert good == {survivor, *last_keys}  # shard 0 truncated, shard 1 broken twice, one sample of shard 2
     assert len(evaluated) == len(stream) == 4  # 7 promised samples still give 4 batches
     assert "skipped bad data" in caplog.text
-    assert all(w in caplog.text for w in ("unexpected end of data", "corrupt JPEG", "no flac", "no json"))
+    assert all(w in caplog.text for w in (truncated, "corrupt JPEG", "no flac", "no json"))
 
 
 @pytest.mark.parametrize("method", ["temporal-av", "tcgl"])

@@ -35,6 +35,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from avcl.data.decode import SampleError, sample_meta
 from avcl.data.sources import Source, open_url
+from avcl.data.tar import TarError, tar_records
 from avcl.data.views import ViewSpec, empty_views, make_views
 
 log = logging.getLogger("avcl.data")
@@ -56,6 +57,7 @@ class BadData:
 
 
 MAX_UNREADABLE_IN_A_ROW = 32
+TAR_READERS = ("avcl", "webdataset")
 
 
 def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
@@ -76,14 +78,28 @@ def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
             stream.close()
 
 
-def read_samples(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
-    """Raw samples ({'__key__', ext: bytes}) of the shards at `urls`, grouped by WebDataset's own code."""
+def read_samples(urls: Iterator[str], bad: BadData, tar_reader: str = "avcl") -> Iterator[dict]:
+    """Raw samples ({'__key__', ext: bytes}) of the shards at `urls`, grouped by WebDataset's own code.
+
+    `tar_reader`: "avcl" parses members with `avcl.data.tar` (fast), "webdataset" with WebDataset's expander.
+    """
     def files():
         for shard in _open_shards(urls, bad):
-            yield from tar_file_expander([shard], handler=bad, eof_value=None)
+            if tar_reader == "webdataset":
+                yield from tar_file_expander([shard], handler=bad, eof_value=None)
+            else:
+                yield from _guarded(tar_records(shard["stream"], shard["url"]), bad)
             yield {}  # end of shard, also after a truncated one, so no sample spans two shards
 
     return group_by_keys(files(), handler=bad)
+
+
+def _guarded(records: Iterator[dict], bad: BadData) -> Iterator[dict]:
+    """The records up to a shard's first unreadable byte, which is counted as bad data."""
+    try:
+        yield from records
+    except TarError as exc:
+        bad(exc)
 
 
 def selected(samples: Iterator[dict], select, bad: BadData) -> Iterator[dict]:
@@ -133,6 +149,11 @@ class StreamConfig:
     epoch: int = 0
     shuffle: int = 1000  # raw samples in the shuffle buffer (bytes, not decoded tensors)
     audio_rate: int = 16000  # for the shape of invalid stand-ins when no sample could be read
+    tar_reader: str = "avcl"  # avcl (fast header parsing) | webdataset (its tarfile-based expander)
+
+    def __post_init__(self):
+        if self.tar_reader not in TAR_READERS:
+            raise ValueError(f"unknown tar_reader {self.tar_reader!r}: use one of {', '.join(TAR_READERS)}")
 
 
 class TrainStream(IterableDataset):
@@ -153,8 +174,8 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng([c.seed, c.epoch, c.rank, worker])
         bad = BadData()
         urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
-        raw = _shuffle(selected(read_samples(urls, bad), self.select, bad), bufsize=c.shuffle, initial=min(c.shuffle, 100),
-                       rng=random.Random(int(rng.integers(2 ** 62))))
+        samples = selected(read_samples(urls, bad, c.tar_reader), self.select, bad)
+        raw = _shuffle(samples, bufsize=c.shuffle, initial=min(c.shuffle, 100), rng=random.Random(int(rng.integers(2 ** 62))))
         views = (v for v in (self._views(s, rng, bad) for s in raw) if v is not None)
         batches = (collate(chunk) for chunk in _chunks(views, c.batch_size))
         yield from itertools.islice(batches, self.batches_per_worker)
@@ -216,7 +237,7 @@ class EvalStream(IterableDataset):
         bad = BadData()
         known = self.select is None and all(n is not None for _, n in mine)
         expected = self.slot_samples[slot] if known else None
-        views = self._views(selected(read_samples((url for url, _ in mine), bad), self.select, bad), bad)
+        views = self._views(selected(read_samples((url for url, _ in mine), bad, c.tar_reader), self.select, bad), bad)
         if expected is not None:  # a truncated shard must not cost this rank a batch
             padding = (self._invalid() for _ in itertools.count())
             views = itertools.islice(itertools.chain(views, padding), expected)

@@ -285,7 +285,7 @@ def _view_spec(method, data):
 
 def _stream_config(data, micro: int, ctx: Context, epoch: int, seed: int) -> StreamConfig:
     return StreamConfig(batch_size=micro, workers=data.workers, world_size=ctx.world, rank=ctx.rank, seed=seed,
-                        epoch=epoch, shuffle=data.shuffle)
+                        epoch=epoch, shuffle=data.shuffle, tar_reader=data.tar_reader)
 
 
 def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: TrainConfig) -> dict:
