@@ -49,6 +49,13 @@ def results(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def split_sizes(dataset: Path) -> tuple[int, int]:
+    """(train, val) clips of a built dataset: the demo recipe draws its val clips by hashing their names."""
+    splits = results(dataset / "dataset.json")["splits"]
+    assert splits["train"]["available"] + splits["val"]["available"] == 32  # 4 classes x 8 clips
+    return splits["train"]["available"], splits["val"]["available"]
+
+
 def run_twice(tmp_path, *args) -> tuple[dict, dict]:
     """The same evaluation twice: the second must come from the feature cache and give the same numbers."""
     first, second = tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"
@@ -84,7 +91,8 @@ def test_feature_protocols_end_to_end_with_cache(protocol, extra, demo_dataset, 
     if protocol == "retrieval":
         figures = [Path(r["extra"]["figure"]) for r in rows if "figure" in r["extra"]]
         assert figures and all(f.stat().st_size > 1000 for f in figures)
-        assert all(r["extra"]["queries"] == 10 and r["extra"]["gallery"] == 22 for r in rows)
+        train, val = split_sizes(demo_dataset)
+        assert all(r["extra"]["queries"] == val and r["extra"]["gallery"] == train for r in rows)
 
 
 @pytest.mark.parametrize("protocol", ["finetune", "linear-sgd"])
@@ -96,7 +104,7 @@ def test_supervised_protocols_end_to_end_with_cache(protocol, demo_dataset, tmp_
                      *schedule)
     (row,) = a["rows"]
     assert_in_range([row])
-    assert row["extra"]["test"] == 10 and set(row["metrics"]) == {"top1", "top5", "mean_class"}
+    assert row["extra"]["test"] == split_sizes(demo_dataset)[1] and set(row["metrics"]) == {"top1", "top5", "mean_class"}
     assert Path(row["extra"]["figure"]).stat().st_size > 1000
 
 
@@ -187,10 +195,10 @@ def tiny_ucf(tmp_path_factory):
     media = demo_media(root / "media")
     lists = root / "ucfTrainTestlist"
     lists.mkdir()
-    classes = ["HorizontalLow", "VerticalMid", "DiagonalHigh"]
+    classes = ["HorizontalTone", "VerticalNoise", "CircleBuzz"]
     (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes)))
     videos = root / "UCF-101"
-    for c, demo_class in zip(classes, ("horizontal-low", "vertical-mid", "diagonal-high")):
+    for c, demo_class in zip(classes, ("horizontal-tone", "vertical-noise", "circle-buzz")):
         (videos / c).mkdir(parents=True)
         for i, path in enumerate(sorted((media / demo_class).glob("*.mp4"))[:4]):
             shutil.copy(path, videos / c / f"v_{c}_g{i + 1:02d}_c01.avi")
@@ -350,7 +358,8 @@ def test_two_ranks_extract_every_sample_once_and_match_one_process(demo_dataset,
                            "--cache-dir", str(tmp_path / "c2")], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one, two = results(tmp_path / "one.json")["rows"], results(tmp_path / "two.json")["rows"]
-    assert [r["extra"] for r in one] == [r["extra"] for r in two] == [{"train": 22, "test": 10}]
+    train, val = split_sizes(demo_dataset)
+    assert [r["extra"] for r in one] == [r["extra"] for r in two] == [{"train": train, "test": val}]
     assert one[0]["metrics"] == pytest.approx(two[0]["metrics"])
     (c1,), (c2,) = list((tmp_path / "c1").glob("*.npz"))[:1], list((tmp_path / "c2").glob("*.npz"))[:1]
     a, b = np.load(c1), np.load(c2)

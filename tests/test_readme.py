@@ -25,7 +25,7 @@ def tiny_videos(home: Path) -> None:
     from avtools.recipes.demo import demo_media
 
     media = demo_media(cache_dir() / "demo-media", 8)
-    for name in ("horizontal-low", "vertical-mid"):
+    for name in ("horizontal-tone", "vertical-noise"):
         clips = sorted((media / name).glob("*.mp4"))
         for split, chosen in (("train", clips[:6]), ("val", clips[6:8])):
             (home / "videos" / split / name).mkdir(parents=True, exist_ok=True)
