@@ -65,8 +65,8 @@ def avcl_rate(spec_urls: list[str], samples: int, tar_reader: str = "avcl") -> f
     from avcl.data.views import ViewSpec
 
     spec = ViewSpec(clips=2, frames=16, canvas=112, audio_seconds=2.0)
-    stream = TrainStream(resolve_all(spec_urls), spec, StreamConfig(batch_size=8, workers=0, shuffle=64, tar_reader=tar_reader),
-                         epoch_samples=10 ** 9)
+    config = StreamConfig(batch_size=8, workers=0, shuffle=64, tar_reader=tar_reader)
+    stream = TrainStream(resolve_all(spec_urls), spec, config, epoch_samples=10 ** 9)
     iterator = iter(stream)
     next(iterator)  # warm-up: first shard open, shuffle buffer fill
     started = time.perf_counter()

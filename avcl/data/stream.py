@@ -175,7 +175,8 @@ class TrainStream(IterableDataset):
         bad = BadData()
         urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
         samples = selected(read_samples(urls, bad, c.tar_reader), self.select, bad)
-        raw = _shuffle(samples, bufsize=c.shuffle, initial=min(c.shuffle, 100), rng=random.Random(int(rng.integers(2 ** 62))))
+        raw = _shuffle(samples, bufsize=c.shuffle, initial=min(c.shuffle, 100),
+                       rng=random.Random(int(rng.integers(2 ** 62))))
         views = (v for v in (self._views(s, rng, bad) for s in raw) if v is not None)
         batches = (collate(chunk) for chunk in _chunks(views, c.batch_size))
         yield from itertools.islice(batches, self.batches_per_worker)

@@ -28,10 +28,10 @@ def tar_records(stream: BinaryIO, url: str) -> Iterator[dict]:
     extended: dict[str, str] = {}  # from a pax header or a GNU long-name member, for the next member only
     while True:
         header = stream.read(BLOCK)
-        if len(header) < BLOCK or header.count(0) == BLOCK:
-            if header and header.count(0) != len(header):
-                raise TarError(f"{url}: truncated tar header at byte {offset}")
+        if header.count(0) == len(header):
             return  # end of archive (a zero block, or a stream that ends on a member boundary)
+        if len(header) < BLOCK:
+            raise TarError(f"{url}: truncated tar header at byte {offset}")
         _check_header(header, url, offset)
         kind = header[156:157]
         size = int(extended["size"]) if "size" in extended else tarfile.nti(header[124:136])
@@ -75,8 +75,9 @@ def _pax_fields(data: bytes) -> dict[str, str]:
     """Records `"<length> <key>=<value>\\n"` of a pax extended header (only path and size matter here)."""
     fields, at = {}, 0
     while at < len(data) and data[at] != 0:
-        length = int(data[at:data.index(b" ", at)])
-        key, _, value = data[data.index(b" ", at) + 1:at + length - 1].partition(b"=")
+        space = data.index(b" ", at)
+        length = int(data[at:space])
+        key, _, value = data[space + 1:at + length - 1].partition(b"=")
         fields[key.decode("utf-8")] = value.decode("utf-8")
         at += length
     return fields

@@ -7,7 +7,7 @@ texture, which convolutional features tell apart from the start; pitch alone is 
 The patterns stay apart under horizontal flips and time reversal, the augmentations and tasks the methods apply
 (a diagonal bounce would flip into the other diagonal). Nuisance varies per clip so that the classes are not
 trivial: the square's size, colour, speed, phase and place, the background's brightness, tint and noise. The
-square drags a fading trail and each click starts sharply and decays, so playback direction shows in both
+square drags a fading trail and each sound starts sharply and decays, so playback direction shows in both
 modalities, and the cycle speed varies less than a factor 2, so playback speed (frame skip 1/2/4) shows too:
 the temporal tasks of temporal-av and TCGL have something to learn. Media are written once with PyAV into the
 avtools cache, then read like the `folder` recipe.
