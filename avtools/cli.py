@@ -284,8 +284,7 @@ def demo(
     out: Path = typer.Option(Path("avtools-demo"), help="Where the demo writes its data, run and results."),
     method: str = typer.Option("xmodal", help="The method to pre-train (any of avtools train's; xmodal, the "
                                               "cross-modal baseline, learns fastest on the demo data)."),
-    quick: bool = typer.Option(False, help="A smaller, faster version (the test suite's): 12 clips per class, "
-                                           "150 steps."),
+    quick: bool = typer.Option(False, help="The test suite's shorter version: 150 steps (the same data)."),
     steps: int = typer.Option(None, help="Training steps (default 300; 150 with --quick)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
 ):

@@ -12,7 +12,7 @@ import pytest
 
 from avcl.data.sources import SourceError, resolve, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
-from avcl.data.views import ViewSpec, permutations, eval_spec, make_views
+from avcl.data.views import METHOD_VIEWS, ViewSpec, eval_spec, make_views, permutations, run_spec
 from tests.conftest import TIMECODED_FPS
 from tests.support.httpserver import MediaServer
 from tests.support.timecoded import burst_onsets, frame_index
@@ -138,6 +138,18 @@ def test_speed_direction_and_aligned_audio(timecoded_dataset):
         expected = [(s - t0) / speed0 for s in range(6) if t0 <= s < t0 + span - 0.005]
         np.testing.assert_allclose(burst_onsets(wave, 16000, 0.1), expected, atol=0.004)
     assert seen_speeds == {1, 2, 4} and seen_directions == {1, -1}
+
+
+def test_evaluation_views_keep_the_frame_step_of_training(timecoded_dataset):
+    """Features must see clips at the frame step the encoder was trained on (`--set data.stride=2`)."""
+    from avcl.eval.features import FeatureSpec, feature_views
+    from avcl.train.config import DataConfig
+
+    trained = run_spec(METHOD_VIEWS["xmodal"], DataConfig(stride=2, canvas=64))
+    assert (trained.stride, trained.frames, trained.canvas) == (2, METHOD_VIEWS["xmodal"].frames, 64)
+    views = make_views(timecoded_sample(timecoded_dataset), feature_views(FeatureSpec(clips=2, frames=8), trained), None)
+    for clip in views["video"]:
+        assert np.all(np.diff(frame_indices(clip)) == 2)
 
 
 def test_tcgl_tuples_are_shuffled_snippets_with_their_order_label(timecoded_dataset):

@@ -57,6 +57,13 @@ METHOD_VIEWS = {
 }
 
 
+def run_spec(spec: ViewSpec, data) -> ViewSpec:
+    """A method's views as a run's data config (`DataConfig`) sets them: its canvas, and its frames and frame step
+    where given. Evaluation derives its views from these, so features see the frame step training saw."""
+    overrides = {k: v for k, v in (("frames", data.frames), ("stride", data.stride)) if v}
+    return dataclasses.replace(spec, canvas=data.canvas, **overrides)
+
+
 def eval_spec(spec: ViewSpec, test_clips: int) -> ViewSpec:
     """The evaluation version of a spec: evenly spaced clips, speed 1, forward, no tuples."""
     return dataclasses.replace(spec, test_clips=test_clips, speeds=(1,), directions=(1,), disjoint=False,

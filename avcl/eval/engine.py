@@ -20,6 +20,7 @@ import torch
 from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, dataset_info, resolve
 from avcl.data.stream import EvalStream
+from avcl.data.views import run_spec
 from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
 from avcl.eval.features import FeatureSpec, Features, cache_key, extract, feature_spec, feature_views, stream_config
@@ -105,8 +106,8 @@ class Engine:
         return usable
 
     def train_views(self):
-        """The method's training views at the run's canvas: what evaluation views are derived from."""
-        return dataclasses.replace(self.encoders.method.view_spec(), canvas=self.encoders.config.data.canvas)
+        """The method's training views as the run set them: what evaluation views are derived from."""
+        return run_spec(self.encoders.method.view_spec(), self.encoders.config.data)
 
     def augment(self, spec: FeatureSpec, **video_changes) -> DeviceAugment:
         """The training run's device augmentation at the protocol's size and test crops (and `video_changes`)."""

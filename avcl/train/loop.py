@@ -28,7 +28,7 @@ from avcl import models
 from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, open_url, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
-from avcl.data.views import eval_spec
+from avcl.data.views import eval_spec, run_spec
 from avcl.methods.base import flat
 from avcl.eval.features import extract
 from avcl.eval.knn import leave_one_out_accuracy
@@ -196,7 +196,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     val_sources = _sources(data.val, data.val_split) if data.val else []
     torch.manual_seed(run.seed + ctx.rank)
     trainer = Trainer(config, ctx)
-    spec = _view_spec(trainer.method, data)
+    spec = run_spec(trainer.method.view_spec(), data)
     epoch_micro_steps = TrainStream(sources, spec, _stream_config(data, micro, ctx, 0, 0), data.epoch_samples or None).steps_per_epoch
     steps_per_epoch = max(1, epoch_micro_steps // run.accumulate)
     total = run.max_steps or run.epochs * steps_per_epoch
@@ -275,12 +275,6 @@ def _sources(specs: list[str], split: str):
     except (SourceError, OSError) as exc:
         raise TrainingError(f"data source: {exc}") from None
     return sources
-
-
-def _view_spec(method, data):
-    spec = method.view_spec()
-    overrides = {k: v for k, v in (("frames", data.frames), ("stride", data.stride)) if v}
-    return dataclasses.replace(spec, canvas=data.canvas, **overrides)
 
 
 def _stream_config(data, micro: int, ctx: Context, epoch: int, seed: int) -> StreamConfig:
