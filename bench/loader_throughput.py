@@ -5,7 +5,7 @@
 One run, the same clips four ways, each in one process with one torch/BLAS thread (so per core):
   1. avcl TrainStream over local JPEG shards built by `avtools build-dataset folder`;
   2. the same reading the tars through WebDataset's tarfile-based expander (`tar_reader="webdataset"`);
-  3. the same as 1 over the loopback moto S3 server;
+  3. the same as 1 over a moto S3 server on loopback, in its own process;
   4. an AVID-style loader: per sample, open the source mp4 with PyAV, seek and decode 16 frames at 16 fps
      for each of two views (scaled to 128 short side by the decoder) plus 2 s of audio resampled to 16 kHz.
 A sample is two 16x112x112 clips (canvas 112) with 2 s of 16 kHz audio each. Appends to BENCHMARKS.md.
@@ -185,24 +185,35 @@ def main() -> None:
 
 
 def with_s3(folder: Path, measure):
-    """Upload a dataset folder to a moto S3 server on 127.0.0.1 and measure reading it from there."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+    """Upload a dataset folder to a moto S3 server on 127.0.0.1 and measure reading it from there. The server runs
+    in its own process, as a remote store would: in a thread of this one it would take the loader's GIL."""
+    import socket
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    import boto3
+    from botocore.exceptions import EndpointConnectionError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        host, port = server.get_host_and_port()
-        os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
                            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
         client = boto3.client("s3")
-        client.create_bucket(Bucket="bench")
+        for _ in range(100):  # the server takes a few seconds to start
+            try:
+                client.create_bucket(Bucket="bench")
+                break
+            except EndpointConnectionError:  # until it listens
+                time.sleep(0.2)
         for path in folder.iterdir():
             if path.is_file():
                 client.upload_file(str(path), "bench", f"ds/{path.name}")
         return measure("s3://bench/ds")
     finally:
-        server.stop()
+        server.terminate()
+        server.wait()
 
 
 if __name__ == "__main__":

@@ -259,3 +259,19 @@ def test_audio_windows_read_by_seeking_equal_slices_of_the_whole_recording():
         AudioReader({"__key__": "k", "flac": b"fLaC" + b"\x00" * 40})
     with pytest.raises(SampleError, match="FLAC"):
         AudioReader({"__key__": "k", "flac": flac[: len(flac) // 2]}).read(60000, 70000)
+
+
+@pytest.mark.parametrize("canvas, shape", [(112, (128, 170)), (64, (64, 85)), (40, (64, 85)), (32, (32, 43)),
+                                           (16, (16, 22))])
+def test_jpeg_frames_decode_at_the_strongest_simd_scaling_that_covers_the_canvas(canvas, shape):
+    import simplejpeg
+
+    from avcl.data.decode import SampleError, decode_jpeg
+
+    gradient = np.broadcast_to(np.linspace(0, 255, 170, dtype=np.uint8)[None, :, None], (128, 170, 3))
+    data = simplejpeg.encode_jpeg(np.ascontiguousarray(gradient), quality=95)
+    frame = decode_jpeg(data, canvas)
+    assert frame.shape == (*shape, 3) and min(shape) >= min(canvas, 128)
+    assert abs(float(frame.mean()) - float(gradient.mean())) < 6  # edge blocks pad
+    with pytest.raises(SampleError, match="corrupt JPEG"):
+        decode_jpeg(data[:20], canvas)

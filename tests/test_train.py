@@ -17,7 +17,7 @@ from avcl import models
 from avcl.data.views import METHOD_VIEWS
 from avcl.methods.xmodal import XModal
 from avcl.train import checkpoint
-from avcl.train.config import ConfigError, load
+from avcl.train.config import ConfigError, applicable, from_dict, load
 from avcl.train.loop import TrainingError, train
 from avtools.cli import app
 
@@ -199,6 +199,21 @@ def test_config_layers_and_named_errors(tmp_path):
         load("xmodal", overrides=["optim.lrr=1"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load("xmodal", overrides=["lr"])
+
+
+def test_named_preset_shared_sections_then_per_method_tables():
+    xmodal, tcgl, temporal_av = (load(m, named="demo") for m in ("xmodal", "tcgl", "temporal-av"))
+    assert (xmodal.method.tau, xmodal.data.batch_size, xmodal.video.size) == (0.2, 16, 64)
+    assert (tcgl.method.tau, tcgl.method.frameset, tcgl.data.batch_size) == (0.5, 2, 16)
+    assert (temporal_av.method.queue_size, temporal_av.method.queue_source) == (64, "online_stopgrad")
+    assert load("temporal-av").method.queue_size == 16384
+    preset = {"method": {"tau": 0.3, "nn_k": 1}, "methods": {"xmodal": {"optim": {"lr": 0.5}}}}
+    assert applicable("xmodal", preset) == {"method": {"tau": 0.3}, "optim": {"lr": 0.5}}
+    assert preset["methods"]["xmodal"] == {"optim": {"lr": 0.5}}  # the preset itself is left as it was
+    with pytest.raises(ConfigError, match=r"unknown method\(s\) \['xmodel'\]"):
+        applicable("xmodal", {"methods": {"xmodel": {}}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['nope'\] in \[method\]"):
+        from_dict("xmodal", applicable("xmodal", {"methods": {"xmodal": {"method": {"nope": 1}}}}))
 
 
 def test_knn_monitor_logs_and_picks_best(timecoded_dataset, tmp_path):

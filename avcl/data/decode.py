@@ -1,8 +1,8 @@
 """Sample bytes to uint8 frames and int16 audio, decoding only what the views need.
 
-JPEG frames decode with simplejpeg, DCT-domain downscaled to the smallest size that still covers the canvas
-(Pillow when simplejpeg is missing); `mp4` samples decode with PyAV (short GOP, so the whole clip once); FLAC with
-soundfile, only the windows the views need. Every function raises `SampleError` on bad bytes so the stream can
+JPEG frames decode with simplejpeg, DCT-domain downscaled by 1/8, 1/4 or 1/2 where the canvas allows (Pillow when
+simplejpeg is missing); `mp4` samples decode with PyAV (short GOP, so the whole clip once); FLAC with soundfile,
+only the windows the views need. Every function raises `SampleError` on bad bytes so the stream can
 skip and count the sample.
 """
 from __future__ import annotations
@@ -57,10 +57,22 @@ def decode_jpeg(data: bytes, canvas: int) -> np.ndarray:
     except ImportError:
         return _decode_jpeg_pillow(data)
     try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
         return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True,
-                                      min_height=canvas, min_width=canvas)
+                                      **_simd_scaling(height, width, canvas))
     except ValueError as exc:
         raise SampleError(f"corrupt JPEG: {exc}") from exc
+
+
+def _simd_scaling(height: int, width: int, canvas: int) -> dict[str, int]:
+    """simplejpeg's size bounds that select the strongest 1/8, 1/4 or 1/2 DCT scaling still covering the canvas,
+    or none. libjpeg-turbo has SIMD inverse DCTs only for these; 7/8 or 3/4 run scalar code and decode ~1.5x slower
+    than the full size (BENCHMARKS.md, two-view loader)."""
+    for denominator in (8, 4, 2):
+        scaled_height, scaled_width = -(-height // denominator), -(-width // denominator)
+        if min(scaled_height, scaled_width) >= canvas:
+            return {"min_height": scaled_height, "min_width": scaled_width}
+    return {}
 
 
 def _decode_jpeg_pillow(data: bytes) -> np.ndarray:

@@ -1,12 +1,14 @@
 """The training configuration: typed dataclasses, method presets from manifests/presets/<method>.toml, overrides.
 
 Precedence: dataclass defaults < the method's preset < a named preset (`--preset demo`, manifests/presets/named/)
-< `--config FILE.toml` < `--set section.key=value`. A named preset works for every method: its keys that the
-method's config does not have are skipped.
+< `--config FILE.toml` < `--set section.key=value`. A named preset works for every method: its shared [method]
+keys that the method's config does not have are skipped, and its `[methods.<name>.<section>]` tables apply to
+that method only.
 The resolved config (every key) is printed at start, saved as RUN/config.json and inside every checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -105,12 +107,18 @@ def named_preset(name: str) -> dict:
 
 
 def applicable(method_name: str, values: dict) -> dict:
-    """The training sections of a named preset, without the keys this method's config does not have."""
+    """A named preset's training sections for one method: the shared sections (their [method] keys this method's
+    config does not have are skipped), then the preset's own tables for it, `[methods.<name>.<section>]`."""
+    own = values.get("methods", {})
+    unknown = set(own) - set(methods.METHODS.names())
+    if unknown:
+        raise ConfigError(f"preset [methods] names unknown method(s) {sorted(unknown)}; "
+                          f"methods: {', '.join(methods.METHODS.names())}")
     fields = {f.name for f in dataclasses.fields(methods.METHODS.get(method_name).Config)}
-    out = {k: v for k, v in values.items() if k != "protocol"}
+    out = copy.deepcopy({k: v for k, v in values.items() if k not in ("protocol", "methods")})
     if "method" in out:
         out["method"] = {k: v for k, v in out["method"].items() if k in fields}
-    return out
+    return merge(out, copy.deepcopy(own.get(method_name, {})))
 
 
 def load(method_name: str, config_file: Path | None = None, overrides: list[str] = (),
