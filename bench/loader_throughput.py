@@ -1,6 +1,6 @@
 """Benchmark: two-view audio-visual samples per second per core, ready for the device.
 
-    python bench/loader_throughput.py [--videos 24] [--samples 300]
+    python bench/loader_throughput.py [--videos 24] [--samples 320] [--source DIR]
 
 One run, the same clips four ways, each in one process with one torch/BLAS thread (so per core):
   1. avcl TrainStream over local JPEG shards built by `avtools build-dataset folder`;
@@ -8,7 +8,9 @@ One run, the same clips four ways, each in one process with one torch/BLAS threa
   3. the same as 1 over a moto S3 server on loopback, in its own process;
   4. an AVID-style loader: per sample, open the source mp4 with PyAV, seek and decode 16 frames at 16 fps
      for each of two views (scaled to 128 short side by the decoder) plus 2 s of audio resampled to 16 kHz.
-A sample is two 16x112x112 clips (canvas 112) with 2 s of 16 kHz audio each. Appends to BENCHMARKS.md.
+A sample is two 16x112x112 clips (canvas 112) with 2 s of 16 kHz audio each. The clips are 10 s videos of a
+drifting random texture (JPEG's worst case: every 8x8 block busy), or with `--source DIR` the videos with sound
+in DIR (e.g. the real footage in ../shared/data/media), repeated up to `--videos`. Appends to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def stage_costs(folder: Path, samples: int = 32) -> dict[str, float]:
     started = time.perf_counter()
     for sample in raw:
         audio = AudioReader(sample)
-        for start in (16000, 80000):  # two 2 s windows of 16 kHz audio
+        for start in (0, audio.length - 32000):  # two 2 s windows of 16 kHz audio, first and last
             audio.read(start, start + 32000)
     costs["two 2 s FLAC windows"] = time.perf_counter() - started
     members = sum(len(sample) - 1 for sample in raw) / len(raw)
@@ -105,27 +107,32 @@ def stage_costs(folder: Path, samples: int = 32) -> dict[str, float]:
 
 
 def avid_style_rate(files: list[Path], samples: int) -> float:
-    """Decode each sample from its mp4: two random 16-frame windows at 16 fps plus 2 s of audio per window."""
+    """Decode each sample from its video: two random 16-frame windows at 16 fps plus 2 s of audio per window."""
     rng = np.random.default_rng(0)
+    durations = {}
+    for path in set(files):
+        with av.open(str(path)) as container:
+            durations[path] = container.duration / av.time_base
     started = time.perf_counter()
     for i in range(samples):
         path = files[i % len(files)]
         for _ in range(2):
-            t0 = float(rng.uniform(0, SECONDS - 2))
-            clip = _decode_window(path, t0)
-            assert clip[0].shape == (16, 128, 170, 3)
+            t0 = float(rng.uniform(0, durations[path] - 2.2))
+            frames, audio = _decode_window(path, t0)
+            assert frames.shape[:2] == (16, 128) and len(audio) == 32000
     return samples / (time.perf_counter() - started)
 
 
 def _decode_window(path: Path, t0: float) -> tuple[np.ndarray, np.ndarray]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        width = 2 * round(64 * stream.width / stream.height)  # 128 short side, as the shards store
         container.seek(int(t0 / stream.time_base), stream=stream)
         frames, next_time = [], t0
         for frame in container.decode(stream):
             if frame.time < next_time - 1e-6:
                 continue
-            frames.append(frame.to_ndarray(format="rgb24", width=170, height=128))
+            frames.append(frame.to_ndarray(format="rgb24", width=width, height=128))
             next_time += 1 / 16
             if len(frames) == 16:
                 break
@@ -142,22 +149,45 @@ def _decode_window(path: Path, t0: float) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(frames), np.concatenate(chunks)[:32000]
 
 
+def source_videos(work: Path, count: int, source: Path | None) -> tuple[list[Path], str]:
+    """`count` videos in 4 class folders below work/src/train: textures, or DIR's videos with sound repeated."""
+    if source is None:
+        made = [work / "src" / "train" / f"class{i % 4}" / f"v{i}.mp4" for i in range(count)]
+        for i, path in enumerate(made):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_textured(path, i)
+        return made, f"{count} 10 s {SIZE[0]}x{SIZE[1]} texture videos"
+    real = [p for p in sorted(source.iterdir()) if _has_sound_and_picture(p)]
+    if not real:
+        raise SystemExit(f"--source {source}: no video with an audio stream of at least 5 s")
+    made = [work / "src" / "train" / f"class{i % 4}" / f"v{i}{real[i % len(real)].suffix}" for i in range(count)]
+    for i, path in enumerate(made):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(real[i % len(real)].resolve())
+    return made, f"{count} videos, repeats of {', '.join(p.name for p in real)}"
+
+
+def _has_sound_and_picture(path: Path) -> bool:
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.video and container.streams.audio) and \
+                (container.duration or 0) / av.time_base >= 5
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--samples", type=int, default=320)
+    parser.add_argument("--source", type=Path, help="measure on the videos with sound in this folder")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        files = []
-        for i in range(args.videos):
-            folder = work / "src" / "train" / f"class{i % 4}"
-            folder.mkdir(parents=True, exist_ok=True)
-            files.append(folder / f"v{i}.mp4")
-            write_textured(files[-1], i)
+        files, clips = source_videos(work, args.videos, args.source)
         subprocess.run([sys.executable, "-m", "avtools", "build-dataset", "folder", "--source", str(work / "src"),
                         "--out", str(work / "ds"), "--fps", "16", "--short-side", "128", "--samples-per-shard", "8",
                         "--no-card"], check=True, stdout=subprocess.DEVNULL)
@@ -169,9 +199,9 @@ def main() -> None:
     rows = [("avcl TrainStream, local JPEG shards", local),
             ("the same, tars read by WebDataset's tarfile-based expander", tarfile_local),
             ("avcl TrainStream, loopback S3 (moto)", s3),
-            ("AVID-style: PyAV decode of each sample's mp4", avid)]
+            ("AVID-style: PyAV decode of each sample's video", avid)]
     lines = [f"\n### two-view loader throughput ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-             f"{os.cpu_count()} cores, 1 process x 1 thread, {args.videos} 10 s {SIZE[0]}x{SIZE[1]} videos)\n",
+             f"{os.cpu_count()} cores, 1 process x 1 thread, {clips})\n",
              "| loader | two-view samples/s/core |", "|---|---|"]
     lines += [f"| {name} | {rate:.1f} |" for name, rate in rows]
     lines.append(f"\nratios: local / AVID-style **{local / avid:.1f}x**, S3 / local **{s3 / local:.2f}**, "
