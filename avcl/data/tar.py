@@ -34,10 +34,10 @@ def tar_records(stream: BinaryIO, url: str) -> Iterator[dict]:
             raise TarError(f"{url}: truncated tar header at byte {offset}")
         _check_header(header, url, offset)
         kind = header[156:157]
-        size = int(extended["size"]) if "size" in extended else tarfile.nti(header[124:136])
-        data = _read_exact(stream, size, url, offset)
-        _read_exact(stream, -size % BLOCK, url, offset)
-        offset += BLOCK + size + -size % BLOCK
+        size = int(extended["size"]) if "size" in extended else _number(header[124:136])
+        padded = size + -size % BLOCK
+        data = _read_exact(stream, padded, url, offset)[:size]
+        offset += BLOCK + padded
         if kind in (b"x", b"L"):
             extended = _pax_fields(data) if kind == b"x" else {"path": data.rstrip(b"\0").decode("utf-8")}
             continue
@@ -49,12 +49,20 @@ def tar_records(stream: BinaryIO, url: str) -> Iterator[dict]:
 
 def _check_header(header: bytes, url: str, offset: int) -> None:
     try:
-        stored = tarfile.nti(header[148:156])
+        stored = _number(header[148:156])
     except tarfile.InvalidHeaderError as exc:
         raise TarError(f"{url}: damaged tar header at byte {offset}: {exc}") from exc
     unsigned = sum(header) - sum(header[148:156]) + 8 * 32  # the checksum field counts as spaces
     if stored != unsigned:
         raise TarError(f"{url}: tar header checksum mismatch at byte {offset}")
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal digits by `int` (the fast path), else by tarfile's reader (base-256, errors)."""
+    try:
+        return int(field.strip(b" \0") or b"0", 8)
+    except ValueError:
+        return tarfile.nti(field)
 
 
 def _read_exact(stream: BinaryIO, size: int, url: str, offset: int) -> bytes:
