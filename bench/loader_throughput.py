@@ -172,7 +172,7 @@ def _has_sound_and_picture(path: Path) -> bool:
         with av.open(str(path)) as container:
             return bool(container.streams.video and container.streams.audio) and \
                 (container.duration or 0) / av.time_base >= 5
-    except (av.error.FFmpegError, UnicodeDecodeError):
+    except av.error.FFmpegError:
         return False
 
 
@@ -237,6 +237,8 @@ def with_s3(folder: Path, measure):
                 break
             except EndpointConnectionError:  # until it listens
                 time.sleep(0.2)
+        else:
+            raise SystemExit(f"the moto S3 server on 127.0.0.1:{port} did not start within 20 s")
         for path in folder.iterdir():
             if path.is_file():
                 client.upload_file(str(path), "bench", f"ds/{path.name}")

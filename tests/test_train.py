@@ -203,9 +203,9 @@ def test_config_layers_and_named_errors(tmp_path):
 
 def test_named_preset_shared_sections_then_per_method_tables():
     xmodal, tcgl, temporal_av = (load(m, named="demo") for m in ("xmodal", "tcgl", "temporal-av"))
-    assert (xmodal.method.tau, xmodal.data.batch_size, xmodal.video.size) == (0.2, 16, 64)
-    assert (tcgl.method.tau, tcgl.method.frameset, tcgl.data.batch_size) == (0.5, 2, 16)
-    assert (temporal_av.method.queue_size, temporal_av.method.queue_source) == (64, "online_stopgrad")
+    assert (xmodal.method.tau, xmodal.data.stride, xmodal.data.batch_size, xmodal.video.size) == (0.2, 2, 16, 64)
+    assert (tcgl.method.tau, tcgl.method.frameset, tcgl.data.stride, tcgl.data.batch_size) == (0.5, 2, 1, 16)
+    assert (temporal_av.method.queue_size, temporal_av.method.lambda_temp, temporal_av.data.stride) == (64, 0.1, 2)
     assert load("temporal-av").method.queue_size == 16384
     preset = {"method": {"tau": 0.3, "nn_k": 1}, "methods": {"xmodal": {"optim": {"lr": 0.5}}}}
     assert applicable("xmodal", preset) == {"method": {"tau": 0.3}, "optim": {"lr": 0.5}}
