@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import hashlib
+import json
 import multiprocessing
 import os
 import platform
@@ -20,9 +21,10 @@ import time
 import traceback
 from pathlib import Path
 
+from avcl.data import schema
 from avtools import __version__
 from avtools.fetch import FetchOptions, Fetcher
-from avtools.ledger import Ledger, Row, failure_row, summarize, write_dataset_json, write_ledger_table
+from avtools.ledger import DATASET_JSON, Ledger, Row, failure_row, summarize, write_dataset_json, write_ledger_table
 from avtools.reasons import ClipError
 from avtools.recipes import Clip, RecipeOptions, plan
 from avtools.shards import ShardWriter, belongs_to, clear_staging, shard_seq
@@ -76,6 +78,7 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     index, parts = options.partition
     mine = [c for c in clips if partition_of(c.clip_id, parts) == index]
     store = open_store(options.out)
+    _check_same_settings(store, options)
     tag = partition_tag(options.partition)
     ledger = Ledger(store, tag)
     settled = ledger.load()
@@ -131,7 +134,7 @@ def _run(todo: list[Clip], options: BuildOptions):
         for clip in todo:
             yield clip, _process(clip)
         return
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    context = _worker_context()
     with cf.ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
                                 initargs=(options,)) as pool:
         pending: dict[cf.Future, Clip] = {}
@@ -153,6 +156,17 @@ def _run(todo: list[Clip], options: BuildOptions):
             for future in pending:
                 future.cancel()
             raise
+
+
+def _worker_context():
+    """Workers start from a fork server, which imported this module once, where the platform has one. Never
+    plain fork: a thread of this process (rich's refresh, a caller's server) can hold a lock, stdout's among
+    them, at the moment of the fork, and the child then waits for it forever."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _outcome(future: cf.Future):
@@ -213,13 +227,32 @@ def _remove_orphan_shards(store, settled: dict[str, Row], tag: str) -> dict[str,
     return next_seq
 
 
+class BuildError(ValueError):
+    """A build that cannot go on in its --out; the message says why and what to do."""
+
+
+def _check_same_settings(store, options: BuildOptions) -> None:
+    """A rerun adds to the shards already in --out only if it writes them the same way: mixed shard formats,
+    frame rates or sizes would pass unnoticed into training."""
+    if not store.exists(DATASET_JSON):
+        return
+    before = json.loads(store.get_bytes(DATASET_JSON))
+    now = _parameters(options)
+    changed = [f"format {before.get('format')} -> {now['format']}"] if before.get("format") != now["format"] else []
+    changed += [f"{key} {before['preprocessing'].get(key)} -> {value}" for key, value in now["preprocessing"].items()
+                if before.get("preprocessing", {}).get(key) != value]
+    if changed:
+        raise BuildError(f"{options.out} holds a build made differently ({'; '.join(changed)}): rerun with its "
+                         f"settings, or build into a new --out")
+
+
 def _parameters(options: BuildOptions) -> dict:
     import av
     import yt_dlp
 
     return {
         "name": options.dataset,
-        "format": "avtools-webdataset/1",
+        "format": schema.FORMAT,
         "preprocessing": dataclasses.asdict(options.transcode) | {"pad": options.fetch.pad},
         "samples_per_shard": options.samples_per_shard,
         "partitions": options.partition[1],

@@ -75,12 +75,12 @@ def _class_counts(summary: dict) -> dict[str, tuple[int, int]]:
 
 
 def sheet_frames(sample: dict, meta: dict) -> list[np.ndarray]:
-    """SHEET_FRAMES frames spread over the clip, at stored size, from JPEG members or the mp4 alike."""
+    """SHEET_FRAMES frames spread over the clip, at stored size, from the JPEGs or the mp4 alike."""
     n_frames = int(meta.get("n_frames") or 0)
     if not n_frames:
         return []
     picks = np.linspace(0, n_frames - 1, SHEET_FRAMES).round().astype(int)
-    return decode_frames(sample, picks, canvas=min(int(meta["width"]), int(meta["height"])))
+    return decode_frames(sample, meta, picks, canvas=min(int(meta["width"]), int(meta["height"])))
 
 
 def _draw_sample(fig, grid, row: int, sample: dict) -> None:
@@ -92,7 +92,7 @@ def _draw_sample(fig, grid, row: int, sample: dict) -> None:
         if col == 0:
             ax.set_title(f"{meta['label']} ({meta['split']})", fontsize=8, loc="left")
     if schema.AUDIO_EXT in sample:
-        audio, rate = schema.read_flac(sample[schema.AUDIO_EXT])
+        audio, rate = schema.read_wav(sample[schema.AUDIO_EXT])
         ax = fig.add_subplot(grid[row, SHEET_FRAMES:])
         with np.errstate(divide="ignore"):  # silent stretches have zero power
             ax.specgram(audio.astype(np.float32) / 32768.0, NFFT=512, Fs=rate, noverlap=256, cmap="magma")

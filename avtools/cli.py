@@ -42,7 +42,7 @@ def build_dataset(
     fps: float = typer.Option(16.0, help="Output frames per second."),
     short_side: int = typer.Option(128, help="Output frame short side in pixels."),
     audio_rate: int = typer.Option(16000, help="Output mono audio sample rate."),
-    frames: str = typer.Option("jpg", help="Frame storage: jpg (one JPEG per frame) or mp4 (short-GOP H.264)."),
+    frames: str = typer.Option("jpg", help="Frame storage: jpg (a JPEG per frame, packed in one tar member; fastest to read) or mp4 (short-GOP H.264; ~5x smaller)."),
     min_duration: float = typer.Option(2.0, help="Reject clips with less media than this (seconds)."),
     silence_db: float = typer.Option(-60.0, help="Reject audio whose RMS level is at or below this (dBFS)."),
     allow_no_audio: bool = typer.Option(False, help="Keep clips without an audio stream (video-only samples)."),
@@ -68,14 +68,15 @@ def build_dataset(
     Rerun the same command after an interruption to continue: finished shards are kept, settled clips are
     skipped, transient failures are retried. The exit status is non-zero only when the build itself fails.
     """
-    from avtools.build import BuildOptions, build
+    from avcl.data.schema import FRAME_FORMATS
+    from avtools.build import BuildError, BuildOptions, build
     from avtools.fetch import FetchOptions
     from avtools.progress import BuildProgress, print_summary
     from avtools.recipes import RecipeError, RecipeOptions
     from avtools.transcode import TranscodeSettings
 
-    if frames not in ("jpg", "mp4"):
-        raise typer.BadParameter("--frames must be jpg or mp4")
+    if frames not in FRAME_FORMATS:
+        raise typer.BadParameter(f"--frames must be one of {', '.join(FRAME_FORMATS)}")
     options = BuildOptions(
         dataset=name, out=out, limit=limit, samples_per_shard=samples_per_shard, partition=_partition(partition),
         card=card,
@@ -92,7 +93,7 @@ def build_dataset(
         options.workers = workers
     try:
         result = build(options, progress=BuildProgress(console, name))
-    except (RecipeError, FileNotFoundError) as exc:
+    except (RecipeError, BuildError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
     print_summary(console, result)

@@ -15,6 +15,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avcl.data.sources import DATASET_JSON
 from avtools.reasons import REASONS
 
 FLUSH_EVERY = 200
@@ -151,4 +152,4 @@ def _fold_counts(plan, rows: dict[str, Row]) -> dict[str, dict[str, int]]:
 
 
 def write_dataset_json(store, summary: dict) -> None:
-    store.put_bytes("dataset.json", json.dumps(summary, indent=1, sort_keys=False).encode())
+    store.put_bytes(DATASET_JSON, json.dumps(summary, indent=1, sort_keys=False).encode())

@@ -65,6 +65,9 @@ def print_description(console: Console, info: dict) -> None:
         shards = f"{info['shards']} shards " if info['kind'] == 'shards' else 'shard '
         console.print(f"{shards}{info['url']}: {info['samples']} samples, {len(info['classes'])} classes")
     if info.get("sample"):
-        console.print(f"sample {info['sample']['key']}: members {', '.join(info['sample']['members'][:6])}"
-                      + (" ..." if len(info["sample"]["members"]) > 6 else ""))
-        console.print_json(json.dumps(info["sample"]["json"]))
+        console.print(f"sample {info['sample']['key']}: members {', '.join(info['sample']['members'])}")
+        meta = dict(info["sample"]["json"])
+        if len(meta.get("frame_offsets", [])) > 4:  # one per frame: the ends tell enough here (--json has all)
+            offsets = meta["frame_offsets"]
+            meta["frame_offsets"] = f"[{offsets[0]}, {offsets[1]}, ..., {offsets[-1]}] ({len(offsets)} offsets)"
+        console.print_json(json.dumps(meta))

@@ -24,7 +24,7 @@ class TranscodeSettings:
     fps: float = 16.0
     short_side: int = 128
     audio_rate: int = 16000
-    frames: str = "jpg"  # "jpg": one JPEG per frame; "mp4": one short-GOP H.264 stream
+    frames: str = "jpg"  # "jpg": a JPEG per frame, packed in one member; "mp4": one short-GOP H.264 stream
     jpeg_quality: int = 90
     gop: int = 16
     min_duration: float = 2.0  # seconds of media the clip window must hold
@@ -75,7 +75,7 @@ def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSet
             video = encode_mp4(decoded.frames, settings.fps, settings.gop)
         else:
             frames = [encode_jpeg(rgb, settings.jpeg_quality) for rgb in decoded.frames]
-    audio = schema.flac_bytes(decoded.audio, settings.audio_rate) if decoded.audio is not None else None
+    audio = schema.wav_bytes(decoded.audio, settings.audio_rate) if decoded.audio is not None else None
     height, width = decoded.frames[0].shape[:2] if decoded.frames else (0, 0)
     start = clip.start or 0.0
     meta = {

@@ -1,6 +1,7 @@
 """`avtools build-dataset` end to end: real yt-dlp, real shards read by webdataset, resume, partitions, S3."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -92,7 +94,11 @@ def test_kinetics_sounds32_build(tmp_path, misbehaving):
     meta = samples["tc_a_000002_000006"]["json"]
     meta = json.loads(meta)
     assert (meta["label"], meta["label_index"], meta["n_frames"], meta["n_audio_samples"]) == ("bowling", 2, 64, 64000)
-    assert len([k for k in samples["tc_a_000002_000006"] if k.endswith(".jpg")]) == 64
+    assert sorted(samples["tc_a_000002_000006"]) == ["json", "mjpeg", "wav"]
+    mjpeg = samples["tc_a_000002_000006"]["mjpeg"]
+    assert len(meta["frame_offsets"]) == 65 and meta["frame_offsets"][-1] == len(mjpeg)
+    with av.open(io.BytesIO(mjpeg), format="mjpeg") as container:  # the packed frames are a playable MJPEG stream
+        assert sum(1 for _ in container.decode(video=0)) == 64
     info = json.loads((out / "dataset.json").read_text())
     assert info["complete"] and info["counts"] == {"total": 10, "available": 6, "settled": 10, "duplicates_in_annotations": 0}
     assert info["splits"]["train"]["classes"]["singing"] == {"available": 2, "total": 3}
@@ -101,6 +107,8 @@ def test_kinetics_sounds32_build(tmp_path, misbehaving):
     assert not list(out.glob("*.tmp")) and not list((out / ".staging").iterdir())
     described = runner.invoke(app, ["inspect", str(out), "--json"])
     assert json.loads(described.stdout)["splits"]["val"]["available"] == 2
+    table = runner.invoke(app, ["inspect", str(out)]).stdout
+    assert "members json, mjpeg, wav" in table and "offsets)" in table  # one line for the offsets, not one each
 
 
 def test_rerun_skips_settled_clips(tmp_path, served):
@@ -111,6 +119,13 @@ def test_rerun_skips_settled_clips(tmp_path, served):
     second = runner.invoke(app, build_args(served, csv, str(out)))
     assert "0 ok, 0 failed" in second.output
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == shards  # finished shards are never rewritten
+    changed = runner.invoke(app, build_args(served, csv, str(out), "--fps", "8"))
+    assert changed.exit_code == 2 and "fps 16.0 -> 8.0" in changed.output and "new --out" in changed.output
+    info = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps(info | {"format": "avtools-webdataset/1"}))
+    older = runner.invoke(app, build_args(served, csv, str(out)))
+    assert older.exit_code == 2 and "format avtools-webdataset/1 -> avtools-webdataset/2" in older.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == shards
 
 
 def folder_of_media(root: Path) -> Path:

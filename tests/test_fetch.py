@@ -31,8 +31,8 @@ def test_section_download_matches_the_request(served):
     assert (meta["fps"], meta["n_frames"], meta["audio_rate"], meta["n_audio_samples"]) == (16, 160, 16000, 160000)
     assert meta["start"] == 12.0 and meta["end"] == 22.0 and meta["height"] == 64
     names = [name for name, _ in sample.members]
-    assert names[:2] == [f"{sample.key}.json", f"{sample.key}.flac"] and len(names) == 162
-    audio, rate = schema.read_flac(dict(sample.members)[f"{sample.key}.flac"])
+    assert names == [f"{sample.key}.json", f"{sample.key}.wav", f"{sample.key}.mjpeg"]
+    audio, rate = schema.read_wav(dict(sample.members)[f"{sample.key}.wav"])
     assert rate == 16000 and audio.size == 160000
 
 

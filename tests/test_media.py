@@ -105,7 +105,7 @@ def test_mp4_frame_storage_round_trips(timecoded):
     clip = Clip("tc_000002_000004", "x", "train", 0, start=2.0, end=4.0, path=timecoded)
     sample = make_sample(clip, Fetched(timecoded, 0.0, 0, timecoded), TranscodeSettings(fps=16, short_side=64, frames="mp4"))
     members = dict(sample.members)
-    assert not [m for m in members if m.endswith(".jpg")] and sample.meta["frames_format"] == "mp4"
+    assert not [m for m in members if m.endswith(".mjpeg")] and sample.meta["frames_format"] == "mp4"
     with av.open(io.BytesIO(members[f"{sample.key}.mp4"])) as container:
         frames = list(container.decode(video=0))
     assert len(frames) == sample.meta["n_frames"] == 32

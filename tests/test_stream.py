@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +191,7 @@ def shard_keys(path: Path) -> list[str]:
         return sorted({name.split(".")[0] for name in tar.getnames()})
 
 
-@pytest.mark.parametrize("tar_reader, truncated", [("avcl", "truncated inside"), ("webdataset", "unexpected end")])
-def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, caplog, tar_reader, truncated):
+def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, caplog):
     broken = tmp_path / "broken"
     shutil.copytree(timecoded_dataset, broken)
     shards = sorted(broken.glob("*.tar"))
@@ -200,10 +201,13 @@ def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, c
 
     def corrupt(name, data):
         key = name.split(".")[0]
-        first.setdefault("jpg", key)
-        if key == first["jpg"] and name.endswith("0002.jpg"):
-            return b"\xff\xd8 not a jpeg"
-        if key != first["jpg"] and name.endswith(".flac"):
+        first.setdefault("key", key)
+        if key == first["key"] and name.endswith(".json"):
+            first["offsets"] = json.loads(data)["frame_offsets"]
+        if key == first["key"] and name.endswith(".mjpeg"):  # frame 2 overwritten, its length kept
+            lo, hi = first["offsets"][2:4]
+            return data[:lo] + b"\xff\xd8 not a jpeg".ljust(hi - lo, b"\0") + data[hi:]
+        if key != first["key"] and name.endswith(".wav"):
             return None
         return data
 
@@ -214,7 +218,7 @@ def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, c
     sources = resolve_all([str(broken)])
     spec = ViewSpec(clips=1, frames=8, canvas=64, audio_seconds=0.5)  # evaluation decodes frames 0-7
     with caplog.at_level(logging.WARNING, logger="avcl.data"):
-        config = StreamConfig(batch_size=2, workers=0, tar_reader=tar_reader)
+        config = StreamConfig(batch_size=2, workers=0)
         train = list(loader(TrainStream(sources, spec, config)))
         stream = EvalStream(sources, eval_spec(spec, 1), config)
         evaluated = list(loader(stream))
@@ -223,7 +227,7 @@ def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, c
     assert good == {survivor, *last_keys}  # shard 0 truncated, shard 1 broken twice, one sample of shard 2
     assert len(evaluated) == len(stream) == 4  # 7 promised samples still give 4 batches
     assert "skipped bad data" in caplog.text
-    assert all(w in caplog.text for w in (truncated, "corrupt JPEG", "no flac", "no json"))
+    assert all(w in caplog.text for w in ("unexpected end", "corrupt JPEG", "no wav", "no json"))
 
 
 @pytest.mark.parametrize("method", ["temporal-av", "tcgl"])
@@ -249,16 +253,42 @@ def test_audio_windows_read_by_seeking_equal_slices_of_the_whole_recording():
 
     rng = np.random.default_rng(0)
     wave = (rng.normal(0, 3000, 16000 * 5)).astype(np.int16)
-    flac = schema.flac_bytes(wave, 16000)
-    reader = AudioReader({"__key__": "k", "flac": flac})
+    wav = schema.wav_bytes(wave, 16000)
+    reader = AudioReader({"__key__": "k", "wav": wav})
     assert (reader.rate, reader.length) == (16000, len(wave))
     for lo in [0, 1, 4095, 4096, 33333, 79000]:
         hi = min(len(wave), lo + int(rng.integers(1, 20000)))
         assert np.array_equal(reader.read(lo, hi), wave[lo:hi])
-    with pytest.raises(SampleError, match="corrupt FLAC"):
-        AudioReader({"__key__": "k", "flac": b"fLaC" + b"\x00" * 40})
-    with pytest.raises(SampleError, match="FLAC"):
-        AudioReader({"__key__": "k", "flac": flac[: len(flac) // 2]}).read(60000, 70000)
+    with pytest.raises(SampleError, match="corrupt WAV"):
+        AudioReader({"__key__": "k", "wav": b"RIFF" + b"\x00" * 40})
+    with pytest.raises(SampleError, match=r"truncated WAV: 0 of the 10000 samples in \[60000, 70000\)"):
+        AudioReader({"__key__": "k", "wav": wav[: 44 + 80000]}).read(60000, 70000)
+    with pytest.raises(SampleError, match="no wav member"):
+        AudioReader({"__key__": "k"})
+
+
+def test_packed_jpeg_frames_are_checked_against_their_offsets():
+    from avcl.data import schema
+    from avcl.data.decode import SampleError, decode_frames, jpeg_frames, sample_meta
+    from avtools.transcode import encode_jpeg
+
+    jpegs = [encode_jpeg(np.full((32, 48, 3), 50 * i, np.uint8), 90) for i in range(5)]
+    members = dict(schema.members("k", {f: 0 for f in schema.SAMPLE_FIELDS} | {"n_frames": 5}, None, jpegs, None))
+    sample = {"__key__": "k", **{name.split(".", 1)[1]: data for name, data in members.items()}}
+    meta = schema.decode_json(sample["json"])
+    assert [bytes(f) for f in jpeg_frames(sample, meta)] == jpegs
+    frames = decode_frames(sample, meta, np.array([4, 0, 4]), canvas=32)
+    assert np.allclose([f.mean() for f in frames], [200, 0, 200], atol=2)  # JPEG is lossy
+    with pytest.raises(SampleError, match="bytes of frames, the json promises"):
+        jpeg_frames(sample | {"mjpeg": sample["mjpeg"][:-1]}, meta)
+    with pytest.raises(SampleError, match="frame_offsets must be increasing integers"):
+        jpeg_frames(sample, meta | {"frame_offsets": ["0", 5]})
+    for broken, complaint in [(b"[1, 2]", "an object expected"), (b'{"fps": "16"}', "fps, n_frames, audio_rate, n_a"),
+                              (b"{not json", "bad json")]:
+        with pytest.raises(SampleError, match=complaint):
+            sample_meta(sample | {"json": broken})
+    with pytest.raises(SampleError, match=r"no frames: neither mjpeg nor mp4 among its members \(json, wav\)"):
+        jpeg_frames({"__key__": "k", "json": b"", "wav": b""}, meta)
 
 
 @pytest.mark.parametrize("canvas, shape", [(112, (128, 170)), (64, (64, 85)), (40, (64, 85)), (32, (32, 43)),
@@ -275,3 +305,64 @@ def test_jpeg_frames_decode_at_the_strongest_simd_scaling_that_covers_the_canvas
     assert abs(float(frame.mean()) - float(gradient.mean())) < 6  # edge blocks pad
     with pytest.raises(SampleError, match="corrupt JPEG"):
         decode_jpeg(data[:20], canvas)
+
+
+def test_shards_open_one_ahead_unreadable_ones_are_counted_and_early_exit_closes_both(timecoded_dataset, monkeypatch):
+    from avcl.data import stream as stream_module
+    from avcl.data.stream import MAX_UNREADABLE_IN_A_ROW, BadData, read_samples
+
+    opened = []
+
+    def open_and_record(url):
+        opened.append(open(url, "rb"))
+        return opened[-1]
+
+    monkeypatch.setattr(stream_module, "open_url", open_and_record)
+    shards = [str(p) for p in sorted(timecoded_dataset.glob("*.tar"))]
+    bad = BadData()
+    keys = [s["__key__"] for s in read_samples(iter([shards[0], "/no/such.tar", shards[1]]), bad)]
+    assert len(keys) == 4 and bad.counts == {"OSError": 1}
+    with pytest.raises(OSError, match=f"{MAX_UNREADABLE_IN_A_ROW} shards in a row could not be opened"):
+        list(read_samples(iter(["/no/such.tar"] * MAX_UNREADABLE_IN_A_ROW), BadData()))
+    opened.clear()
+    shard_iterator = stream_module._open_shards(iter(shards), BadData())
+    next(shard_iterator)
+    deadline = time.monotonic() + 10
+    while len(opened) < 2 and time.monotonic() < deadline:  # the second shard opens in a thread
+        time.sleep(0.01)
+    assert len(opened) == 2  # the first shard, being read, and the second, opened ahead
+    shard_iterator.close()
+    assert all(f.closed for f in opened)
+
+
+def test_read_ahead_delivers_the_bytes_then_the_error_and_closes_early():
+    from avcl.data.sources import READ_BUFFER, _ReadAhead
+
+    class Flaky(io.RawIOBase):
+        def __init__(self, good: bytes, then: Exception | None):
+            self.data, self.then = io.BytesIO(good), then
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            got = self.data.readinto(buffer)
+            if got == 0 and self.then is not None:
+                raise self.then
+            return got
+
+    payload = np.random.default_rng(0).bytes(3 * READ_BUFFER + 5)
+    with io.BufferedReader(_ReadAhead(Flaky(payload, None), "s3://b/k"), 4096) as f:
+        assert f.read() == payload
+    got = bytearray()
+    failing = _ReadAhead(Flaky(payload, ConnectionResetError("connection reset")), "s3://b/k")
+    with pytest.raises(OSError, match="cannot read s3://b/k: connection reset"):
+        while chunk := failing.read(100_000):
+            got += chunk
+    assert bytes(got) == payload  # every byte before the error
+    with pytest.raises(OSError, match="connection reset"):
+        failing.read(1)
+    endless = _ReadAhead(Flaky(payload * 20, None), "s3://b/k", depth=2)
+    assert endless.read(10) == payload[:10]
+    endless.close()
+    assert not endless.thread.is_alive() and endless.raw.closed

@@ -1,13 +1,13 @@
 """Sample bytes to uint8 frames and int16 audio, decoding only what the views need.
 
 JPEG frames decode with simplejpeg, DCT-domain downscaled by 1/8, 1/4 or 1/2 where the canvas allows (Pillow when
-simplejpeg is missing); `mp4` samples decode with PyAV (short GOP, so the whole clip once); FLAC with soundfile,
-only the windows the views need. Every function raises `SampleError` on bad bytes so the stream can
-skip and count the sample.
+simplejpeg is missing); `mp4` samples decode with PyAV (short GOP, so the whole clip once); WAV audio is read
+window by window. Every function raises `SampleError` on bad bytes so the stream can skip and count the sample.
 """
 from __future__ import annotations
 
 import io
+import wave
 
 import numpy as np
 
@@ -18,33 +18,55 @@ class SampleError(ValueError):
     """A sample that cannot be used (missing member, undecodable bytes); the stream skips and counts it."""
 
 
+NUMERIC_FIELDS = ("fps", "n_frames", "audio_rate", "n_audio_samples")  # what the views compute with
+
+
 def sample_meta(sample: dict) -> dict:
+    key = sample.get("__key__")
     if schema.JSON_EXT not in sample:
-        raise SampleError(f"{sample.get('__key__')}: no {schema.JSON_EXT} member")
+        raise SampleError(f"{key}: no {schema.JSON_EXT} member")
     try:
-        return schema.decode_json(sample[schema.JSON_EXT])
+        meta = schema.decode_json(sample[schema.JSON_EXT])
     except ValueError as exc:
-        raise SampleError(f"{sample.get('__key__')}: bad json: {exc}") from exc
+        raise SampleError(f"{key}: bad json: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise SampleError(f"{key}: bad json: an object expected, not {type(meta).__name__}")
+    bad = [f for f in NUMERIC_FIELDS if isinstance(meta.get(f), bool) or not isinstance(meta.get(f), (int, float))]
+    if bad:
+        raise SampleError(f"{key}: bad json: {', '.join(bad)} missing or not numbers")
+    return meta
 
 
 def frame_count(sample: dict, meta: dict) -> int:
-    """Frames the sample holds; a JPEG sample missing frames its json promises is truncated and refused."""
+    """Frames the sample holds, checked against the bytes present where they are JPEGs."""
     if schema.VIDEO_EXT in sample:
         return int(meta["n_frames"])
-    have = len(schema.frame_members(sample))
-    if have == 0 or have < int(meta["n_frames"]):
-        raise SampleError(f"{sample.get('__key__')}: {have} of {meta['n_frames']} frames present")
-    return have
+    return len(jpeg_frames(sample, meta))
 
 
-def decode_frames(sample: dict, indices: np.ndarray, canvas: int) -> list[np.ndarray]:
+def jpeg_frames(sample: dict, meta: dict) -> list[memoryview]:
+    """The sample's JPEG frames, sliced (without copies) from its packed member at the json's offsets."""
+    key = sample.get("__key__")
+    if schema.JPEGS_EXT not in sample:
+        raise SampleError(f"{key}: no frames: neither {schema.JPEGS_EXT} nor {schema.VIDEO_EXT} among its members "
+                          f"({', '.join(sorted(ext for ext in sample if not ext.startswith('__')))})")
+    packed, offsets = memoryview(sample[schema.JPEGS_EXT]), meta.get("frame_offsets")
+    if not isinstance(offsets, list) or not all(type(o) is int for o in offsets) or offsets != sorted(offsets):
+        raise SampleError(f"{key}: bad json: frame_offsets must be increasing integers")
+    if len(offsets) != int(meta["n_frames"]) + 1 or offsets[-1] != len(packed):
+        raise SampleError(f"{key}: {len(packed)} bytes of frames, the json promises {offsets[-1]} "
+                          f"in {meta['n_frames']} frames")
+    return [packed[lo:hi] for lo, hi in zip(offsets, offsets[1:])]
+
+
+def decode_frames(sample: dict, meta: dict, indices: np.ndarray, canvas: int) -> list[np.ndarray]:
     """RGB uint8 frames at `indices` (repeats allowed), each with short side >= canvas where the source allows."""
     unique = sorted(set(int(i) for i in indices))
     if schema.VIDEO_EXT in sample:
         decoded = _decode_mp4(sample[schema.VIDEO_EXT], set(unique))
     else:
-        names = schema.frame_members(sample)
-        decoded = {i: decode_jpeg(sample[names[i]], canvas) for i in unique}
+        jpegs = jpeg_frames(sample, meta)
+        decoded = {i: decode_jpeg(jpegs[i], canvas) for i in unique if i < len(jpegs)}
     missing = [i for i in unique if i not in decoded]
     if missing:
         raise SampleError(f"{sample.get('__key__')}: frames {missing[:3]} missing from the video")
@@ -103,27 +125,25 @@ def _decode_mp4(data: bytes, wanted: set[int]) -> dict[int, np.ndarray]:
 
 
 class AudioReader:
-    """Random access to a sample's FLAC: only the windows the views need are decoded (seek + read)."""
+    """Random access to a sample's WAV: only the windows the views need are read."""
 
     def __init__(self, sample: dict):
-        import soundfile
-
-        if schema.AUDIO_EXT not in sample:
-            raise SampleError(f"{sample.get('__key__')}: no {schema.AUDIO_EXT} member (audio needed by these views)")
         self.key = sample.get("__key__")
+        if schema.AUDIO_EXT not in sample:
+            raise SampleError(f"{self.key}: no {schema.AUDIO_EXT} member (audio needed by these views)")
         try:
-            self.file = soundfile.SoundFile(io.BytesIO(sample[schema.AUDIO_EXT]))
-        except Exception as exc:  # soundfile raises LibsndfileError (a RuntimeError) on bad bytes
-            raise SampleError(f"{self.key}: corrupt FLAC: {exc}") from exc
-        self.rate, self.length = self.file.samplerate, self.file.frames
+            self.file = wave.open(io.BytesIO(sample[schema.AUDIO_EXT]))
+        except (wave.Error, EOFError) as exc:
+            raise SampleError(f"{self.key}: corrupt WAV: {exc}") from exc
+        if (self.file.getnchannels(), self.file.getsampwidth()) != (1, 2):
+            raise SampleError(f"{self.key}: WAV is not mono 16-bit ({self.file.getnchannels()} channels, "
+                              f"{8 * self.file.getsampwidth()} bits)")
+        self.rate, self.length = self.file.getframerate(), self.file.getnframes()
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """int16 samples [lo, hi) of the recording (0 <= lo <= hi <= length)."""
-        try:
-            self.file.seek(lo)
-            out = self.file.read(hi - lo, dtype="int16")
-        except Exception as exc:
-            raise SampleError(f"{self.key}: corrupt FLAC: {exc}") from exc
+        self.file.setpos(lo)
+        out = np.frombuffer(self.file.readframes(hi - lo), "<i2")
         if len(out) != hi - lo:
-            raise SampleError(f"{self.key}: FLAC ends at {lo + len(out)} samples, not {hi}")
+            raise SampleError(f"{self.key}: truncated WAV: {len(out)} of the {hi - lo} samples in [{lo}, {hi})")
         return out

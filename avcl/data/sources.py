@@ -14,7 +14,9 @@ import functools
 import io
 import json
 import os
+import queue
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -67,15 +69,17 @@ def open_url(url: str) -> IO[bytes]:
     """A readable binary stream for a local path, http(s) URL, s3://bucket/key or pipe:COMMAND.
 
     Opening is retried with backoff (network and object-store hiccups); a missing object raises at once.
+    Network streams are read ahead by a thread (`_ReadAhead`).
     """
     if url.startswith("pipe:"):
         return _PipeStream(url[len("pipe:"):])
     if url.startswith(("http://", "https://")):
-        return io.BufferedReader(_with_retries(lambda: urllib.request.urlopen(url, timeout=60), url), READ_BUFFER)
+        response = _with_retries(lambda: urllib.request.urlopen(url, timeout=60), url)
+        return io.BufferedReader(_ReadAhead(response, url), READ_BUFFER)
     if url.startswith("s3://"):
         bucket, key = split_s3(url)
         body = _with_retries(lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"], url)
-        return io.BufferedReader(body, READ_BUFFER)
+        return io.BufferedReader(_ReadAhead(body, url), READ_BUFFER)
     return open(url[len("file://"):] if url.startswith("file://") else url, "rb", buffering=READ_BUFFER)
 
 
@@ -93,6 +97,59 @@ def _with_retries(attempt, url: str):
             if _is_missing(exc) or k == RETRIES - 1:
                 raise OSError(f"cannot open {url}: {exc}") from exc
             time.sleep(0.5 * 2 ** k)
+
+
+class _ReadAhead(io.RawIOBase):
+    """A network stream read by a thread up to `depth` chunks (of READ_BUFFER) ahead of its reader, so the
+    transfer overlaps the decoding instead of stalling it (socket reads release the GIL). With the next shard
+    opened ahead too (`avcl.data.stream`), S3 read 0.83-0.91 of local disk, against 0.74-0.79 without either
+    (BENCHMARKS.md). A read error surfaces at the read that reaches it."""
+
+    def __init__(self, raw: IO[bytes], url: str, depth: int = 8):
+        self.raw, self.url = raw, url
+        self.chunks: queue.Queue = queue.Queue(depth)
+        self.pending = memoryview(b"")
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._fill, name=f"read-ahead {url}", daemon=True)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                chunk = self.raw.read(READ_BUFFER)
+                self.chunks.put(chunk)
+                if not chunk:
+                    return
+        except Exception as exc:  # handed to the reader
+            self.chunks.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self.pending:
+            item = self.chunks.get()
+            if isinstance(item, Exception) or not item:
+                self.chunks.put(item)  # the end, or the error, stays for every later read
+                if item:
+                    raise OSError(f"cannot read {self.url}: {item}") from item
+                return 0
+            self.pending = memoryview(item)
+        got = min(len(buffer), len(self.pending))
+        buffer[:got] = self.pending[:got]
+        self.pending = self.pending[got:]
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stopped.set()
+            while self.thread.is_alive():  # take chunks until the filler, free to put again, sees the stop
+                try:
+                    self.chunks.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self.raw.close()
+        super().close()
 
 
 class _PipeStream:

@@ -186,7 +186,7 @@ def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
     if spec.video:
         fps = float(meta["fps"])
         plans, order = plan_clips(spec, frame_count(sample, meta), fps, plan_rng, window)
-        frames = decode_frames(sample, np.concatenate([p.indices for p in plans]), spec.canvas)
+        frames = decode_frames(sample, meta, np.concatenate([p.indices for p in plans]), spec.canvas)
         views["video"] = canvas_crop(frames, spec.canvas, rng).reshape(len(plans), spec.frames, spec.canvas,
                                                                          spec.canvas, 3)
     else:

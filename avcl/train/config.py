@@ -34,7 +34,6 @@ class DataConfig:
     frames: int = 0  # 0: the method's own (16)
     stride: int = 0  # 0: the method's own (1)
     canvas: int = 128  # CPU-side square crop the device augmentation samples from
-    tar_reader: str = "avcl"  # avcl (fast member parsing) | webdataset (its tarfile-based expander)
 
 
 @dataclasses.dataclass

@@ -279,7 +279,7 @@ def _sources(specs: list[str], split: str):
 
 def _stream_config(data, micro: int, ctx: Context, epoch: int, seed: int) -> StreamConfig:
     return StreamConfig(batch_size=micro, workers=data.workers, world_size=ctx.world, rank=ctx.rank, seed=seed,
-                        epoch=epoch, shuffle=data.shuffle, tar_reader=data.tar_reader)
+                        epoch=epoch, shuffle=data.shuffle)
 
 
 def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: TrainConfig) -> dict:
