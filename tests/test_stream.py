@@ -307,6 +307,22 @@ def test_jpeg_frames_decode_at_the_strongest_simd_scaling_that_covers_the_canvas
         decode_jpeg(data[:20], canvas)
 
 
+def test_without_simplejpeg_frames_decode_with_pillow_at_full_size(monkeypatch):
+    import sys
+
+    from avcl.data.decode import SampleError, decode_jpeg
+    from avtools.transcode import encode_jpeg
+
+    gradient = np.broadcast_to(np.linspace(0, 255, 170, dtype=np.uint8)[None, :, None], (128, 170, 3))
+    packed = b"xx" + encode_jpeg(gradient, 95)
+    fast = decode_jpeg(memoryview(packed)[2:], 112)
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # `import simplejpeg` now raises ImportError
+    slow = decode_jpeg(memoryview(packed)[2:], 112)
+    assert slow.shape == fast.shape == (128, 170, 3) and np.abs(slow.astype(int) - fast).mean() < 2
+    with pytest.raises(SampleError, match="corrupt JPEG"):
+        decode_jpeg(packed[:20], 112)
+
+
 def test_shards_open_one_ahead_unreadable_ones_are_counted_and_early_exit_closes_both(timecoded_dataset, monkeypatch):
     from avcl.data import stream as stream_module
     from avcl.data.stream import MAX_UNREADABLE_IN_A_ROW, BadData, read_samples

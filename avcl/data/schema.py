@@ -52,7 +52,8 @@ def decode_json(data: bytes) -> dict:
     return json.loads(data)
 
 
-def members(key: str, meta: dict, audio: bytes | None, jpegs: list[bytes] | None, video: bytes | None) -> list[tuple[str, bytes]]:
+def members(key: str, meta: dict, audio: bytes | None, jpegs: list[bytes] | None,
+            video: bytes | None) -> list[tuple[str, bytes]]:
     """(member name, payload) pairs of one sample, in the order they are written to the tar; JPEG frames are
     packed into one member, their byte offsets added to the metadata."""
     if jpegs:

@@ -20,6 +20,7 @@ invalid (evaluation), counted, and reported in rate-limited warnings.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -64,10 +65,13 @@ def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
     so an object store's time to first byte (moto: 0.1 s for a 130 MB shard) overlaps the decoding."""
     failures = 0
     with cf.ThreadPoolExecutor(1, thread_name_prefix="open-shard") as pool:
-        upcoming = [(url, pool.submit(open_url, url)) for url in itertools.islice(urls, 1)]
+        def open_next() -> list[tuple[str, cf.Future]]:
+            return [(url, pool.submit(open_url, url)) for url in itertools.islice(urls, 1)]
+
+        upcoming = open_next()
         try:
             while upcoming:
-                (url, opening), upcoming = upcoming[0], [(u, pool.submit(open_url, u)) for u in itertools.islice(urls, 1)]
+                (url, opening), upcoming = upcoming[0], open_next()
                 try:
                     stream = opening.result()
                 except Exception as exc:
@@ -82,9 +86,10 @@ def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
                 finally:
                     stream.close()
         finally:
-            for _, opening in upcoming:  # opened ahead, never read
+            for _, opening in upcoming:  # opened ahead, never read: how its pipe: command ended does not matter
                 if opening.exception() is None:
-                    opening.result().close()
+                    with contextlib.suppress(OSError):
+                        opening.result().close()
 
 
 def read_samples(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
