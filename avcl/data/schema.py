@@ -8,9 +8,10 @@ A sample in a WebDataset tar shard is a group of members sharing one key (the ke
                           plays), frame i at bytes [frame_offsets[i], frame_offsets[i + 1]) of the json
     {key}.mp4             all frames as one short-GOP H.264 stream (frames="mp4"), instead of the JPEGs
 
-Why so few members, and PCM: the loader's cost per sample is per member (tar headers, grouping) plus decoding.
-One member per frame (160 for a 10 s clip) cost 3 ms of tar parsing per sample and FLAC 1.5 ms for two 2 s
-windows, against 0.1 ms and 0.02 ms now; PCM audio makes a sample ~15% bigger than FLAC (BENCHMARKS.md).
+Why so few members, and PCM: the loader pays per member (tar headers, grouping) and per decoded byte. One member
+per frame (~160 for a 10 s clip) cost 3.2 ms of tar parsing per sample, and FLAC 2.1 ms for two 2 s windows;
+three members take ~1 ms (reading included) and the PCM windows 0.04 ms. PCM makes a sample ~16% bigger than
+FLAC would (BENCHMARKS.md, two-view loader).
 Nothing else in the code base spells out a member name: use the helpers here.
 """
 from __future__ import annotations
