@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from avcl.data import schema
-from avcl.data.decode import decode_frames
+from avcl.data.decode import decode_frames, sample_meta
 from avcl.data.sources import open_url
 from avtools.inspect import iter_samples
 
@@ -84,7 +84,7 @@ def sheet_frames(sample: dict, meta: dict) -> list[np.ndarray]:
 
 
 def _draw_sample(fig, grid, row: int, sample: dict) -> None:
-    meta = schema.decode_json(sample[schema.JSON_EXT])
+    meta = sample_meta(sample)
     for col, frame in enumerate(sheet_frames(sample, meta)):
         ax = fig.add_subplot(grid[row, col])
         ax.imshow(frame)

@@ -11,8 +11,8 @@ S3 in alternating rounds, best round reported: this VM's neighbours make single 
 A sample is two 16x112x112 clips (canvas 112) with 2 s of 16 kHz audio each. The clips are 10 s videos of a
 drifting random texture (JPEG's worst case: every 8x8 block busy), or with `--source DIR` the videos with sound
 in DIR (e.g. the real footage in ../shared/data/media), repeated up to `--videos`. Shards hold `--shard-samples`
-samples: each shard opened is one S3 request (~11 ms against moto), so tiny shards measure request latency, not
-reading; builds default to 500. Appends to BENCHMARKS.md.
+samples: each shard opened is one S3 request (~3 ms of client CPU; moto takes ~0.1 s to the first byte of a
+130 MB object), so tiny shards measure requests, not reading; builds default to 500. Appends to BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -275,14 +275,15 @@ def test_packed_jpeg_frames_are_checked_against_their_offsets():
     jpegs = [encode_jpeg(np.full((32, 48, 3), 50 * i, np.uint8), 90) for i in range(5)]
     members = dict(schema.members("k", {f: 0 for f in schema.SAMPLE_FIELDS} | {"n_frames": 5}, None, jpegs, None))
     sample = {"__key__": "k", **{name.split(".", 1)[1]: data for name, data in members.items()}}
-    meta = schema.decode_json(sample["json"])
+    meta = sample_meta(sample)
     assert [bytes(f) for f in jpeg_frames(sample, meta)] == jpegs
     frames = decode_frames(sample, meta, np.array([4, 0, 4]), canvas=32)
     assert np.allclose([f.mean() for f in frames], [200, 0, 200], atol=2)  # JPEG is lossy
     with pytest.raises(SampleError, match="bytes of frames, the json promises"):
-        jpeg_frames(sample | {"mjpeg": sample["mjpeg"][:-1]}, meta)
-    with pytest.raises(SampleError, match="frame_offsets must be increasing integers"):
-        jpeg_frames(sample, meta | {"frame_offsets": ["0", 5]})
+        sample_meta(sample | {"mjpeg": sample["mjpeg"][:-1]})
+    for offsets in (["0", 5], meta["frame_offsets"][::-1]):
+        with pytest.raises(SampleError, match="frame_offsets must be increasing integers"):
+            sample_meta(sample | {"json": schema.encode_json(meta | {"frame_offsets": offsets})})
     for broken, complaint in [(b"[1, 2]", "an object expected"), (b'{"fps": "16"}', "fps, n_frames, audio_rate, n_a"),
                               (b"{not json", "bad json")]:
         with pytest.raises(SampleError, match=complaint):

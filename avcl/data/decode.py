@@ -34,28 +34,35 @@ def sample_meta(sample: dict) -> dict:
     bad = [f for f in NUMERIC_FIELDS if isinstance(meta.get(f), bool) or not isinstance(meta.get(f), (int, float))]
     if bad:
         raise SampleError(f"{key}: bad json: {', '.join(bad)} missing or not numbers")
+    if schema.JPEGS_EXT in sample:
+        _check_frame_offsets(key, meta, len(sample[schema.JPEGS_EXT]))
     return meta
 
 
+def _check_frame_offsets(key, meta: dict, packed_bytes: int) -> None:
+    """The json's frame offsets must cut the packed JPEGs into n_frames pieces, to their last byte."""
+    offsets = meta.get("frame_offsets")
+    if not isinstance(offsets, list) or not all(type(o) is int for o in offsets) or offsets != sorted(offsets):
+        raise SampleError(f"{key}: bad json: frame_offsets must be increasing integers")
+    if len(offsets) != int(meta["n_frames"]) + 1 or offsets[-1] != packed_bytes:
+        raise SampleError(f"{key}: {packed_bytes} bytes of frames, the json promises {offsets[-1]} "
+                          f"in {meta['n_frames']} frames")
+
+
 def frame_count(sample: dict, meta: dict) -> int:
-    """Frames the sample holds, checked against the bytes present where they are JPEGs."""
+    """Frames the sample holds (its json is `sample_meta`'s, checked against the packed JPEGs)."""
     if schema.VIDEO_EXT in sample:
         return int(meta["n_frames"])
     return len(jpeg_frames(sample, meta))
 
 
 def jpeg_frames(sample: dict, meta: dict) -> list[memoryview]:
-    """The sample's JPEG frames, sliced (without copies) from its packed member at the json's offsets."""
-    key = sample.get("__key__")
+    """The sample's JPEG frames, sliced (without copies) from its packed member at the offsets `sample_meta`
+    checked."""
     if schema.JPEGS_EXT not in sample:
-        raise SampleError(f"{key}: no frames: neither {schema.JPEGS_EXT} nor {schema.VIDEO_EXT} among its members "
-                          f"({', '.join(sorted(ext for ext in sample if not ext.startswith('__')))})")
-    packed, offsets = memoryview(sample[schema.JPEGS_EXT]), meta.get("frame_offsets")
-    if not isinstance(offsets, list) or not all(type(o) is int for o in offsets) or offsets != sorted(offsets):
-        raise SampleError(f"{key}: bad json: frame_offsets must be increasing integers")
-    if len(offsets) != int(meta["n_frames"]) + 1 or offsets[-1] != len(packed):
-        raise SampleError(f"{key}: {len(packed)} bytes of frames, the json promises {offsets[-1]} "
-                          f"in {meta['n_frames']} frames")
+        raise SampleError(f"{sample.get('__key__')}: no frames: neither {schema.JPEGS_EXT} nor {schema.VIDEO_EXT} "
+                          f"among its members ({', '.join(sorted(e for e in sample if not e.startswith('__')))})")
+    packed, offsets = memoryview(sample[schema.JPEGS_EXT]), meta["frame_offsets"]
     return [packed[lo:hi] for lo, hi in zip(offsets, offsets[1:])]
 
 
