@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -39,13 +41,21 @@ def build_dataset(
     limit: Optional[int] = typer.Option(None, help="Process at most this many clips in this run."),
     fold: int = typer.Option(1, help="UCF101/HMDB51: the official split (1-3) deciding train/test shards."),
     val_fraction: float = typer.Option(0.1, help="folder: share of clips put in val when there are no split folders."),
-    fps: float = typer.Option(16.0, help="Output frames per second."),
+    fps: Optional[str] = typer.Option(None, help="Output frames per second, or `native` (each video's own rate, "
+                                                  "at most --max-fps). Default: the dataset's (native for ucf101 "
+                                                  "and hmdb51, 16 otherwise)."),
+    max_fps: float = typer.Option(30.0, help="With --fps native: the highest rate written."),
     short_side: int = typer.Option(128, help="Output frame short side in pixels."),
     audio_rate: int = typer.Option(16000, help="Output mono audio sample rate."),
     frames: str = typer.Option("jpg", help="Frame storage: jpg (a JPEG per frame, packed in one tar member; fastest to read) or mp4 (short-GOP H.264; ~5x smaller)."),
-    min_duration: float = typer.Option(2.0, help="Reject clips with less media than this (seconds)."),
-    silence_db: float = typer.Option(-60.0, help="Reject audio whose RMS level is at or below this (dBFS)."),
-    allow_no_audio: bool = typer.Option(False, help="Keep clips without an audio stream (video-only samples)."),
+    min_duration: Optional[float] = typer.Option(None, help="Reject clips with less media than this (seconds). "
+                                                             "Default: the dataset's (0 for evaluation sets, else 2)."),
+    silence_db: float = typer.Option(-60.0, help="With the audio-visual filters: reject audio whose RMS level is "
+                                                 "at or below this (dBFS)."),
+    av_filters: Optional[bool] = typer.Option(None, "--av-filters/--no-av-filters", help="Reject clips without an "
+                                              "audio stream or with silent audio. Default: the dataset's (off for "
+                                              "ucf101, hmdb51 and esc50, which keep every video of their official "
+                                              "splits; on for the audio-visual datasets)."),
     samples_per_shard: int = typer.Option(500, help="Samples per tar shard."),
     workers: int = typer.Option(0, help="Parallel worker processes (0: twice the CPU cores)."),
     partition: str = typer.Option("0/1", help="Build part I of N (I/N) for SLURM arrays or indexed jobs."),
@@ -73,8 +83,6 @@ def build_dataset(
     from avtools.fetch import FetchOptions
     from avtools.progress import BuildProgress, print_summary
     from avtools.recipes import RecipeError, RecipeOptions
-    from avtools.transcode import TranscodeSettings
-
     if frames not in FRAME_FORMATS:
         raise typer.BadParameter(f"--frames must be one of {', '.join(FRAME_FORMATS)}")
     options = BuildOptions(
@@ -86,8 +94,9 @@ def build_dataset(
         fetch=FetchOptions(url_template=url_template, source=source if name not in _LOCAL else None, pad=pad,
                            min_height=short_side, cookies=cookies, cookies_from_browser=cookies_from_browser,
                            proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg),
-        transcode=TranscodeSettings(fps=fps, short_side=short_side, audio_rate=audio_rate, frames=frames,
-                                    min_duration=min_duration, silence_db=silence_db, allow_no_audio=allow_no_audio),
+        transcode=_transcode_settings(name, fps=_fps(fps), max_fps=max_fps, short_side=short_side,
+                                      audio_rate=audio_rate, frames=frames, min_duration=min_duration,
+                                      silence_db=silence_db, av_filters=av_filters),
     )
     if workers > 0:
         options.workers = workers
@@ -102,6 +111,26 @@ def build_dataset(
 
 
 _LOCAL = ("ucf101", "hmdb51", "esc50", "folder", "demo")
+
+
+def _fps(value: str | None) -> float | str | None:
+    if value is None or value == "native":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--fps {value!r}: a number of frames per second or `native`") from None
+
+
+def _transcode_settings(dataset: str, **given):
+    """The dataset's own build defaults (datasets.toml), overridden by the options given on the command line."""
+    from avtools.recipes import build_defaults
+    from avtools.transcode import TranscodeSettings
+
+    try:
+        return TranscodeSettings(**(build_defaults(dataset) | {k: v for k, v in given.items() if v is not None}))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()
@@ -206,18 +235,30 @@ def export(
         console.print(f"wrote {path}")
 
 
-@app.command("eval")
+@app.command("eval", context_settings={"allow_extra_args": True})
 def eval_(
-    dataset: str = typer.Argument(None, help="ucf101, hmdb51, kinetics-sounds32/31/100, esc50, vggsound, folder, demo."),
+    ctx: typer.Context,
+    dataset: str = typer.Argument(None, help="ucf101, hmdb51, kinetics-sounds32/31/100, esc50, vggsound, folder "
+                                             "(any dataset, labelled as yours), demo. It must be the dataset "
+                                             "dataset.json names, or folder."),
     data: str = typer.Option(None, help="The dataset folder built by `avtools build-dataset` (local, http(s)://, "
                                         "s3://)."),
-    protocol: str = typer.Option(None, help="linear, linear-svm-tcgl, linear-sgd, finetune, retrieval, knn, esc50, fingerprint "
-                                            "(default: linear; esc50 for esc50; fingerprint for vggsound)."),
-    checkpoint: str = typer.Option("random", help="A run folder (its last.pt), a checkpoint file, or `random`: "
-                                                  "the method's encoders at random initialisation (the floor)."),
+    protocol: str = typer.Option(None, help="linear, linear-svm-tcgl, linear-sgd, finetune, retrieval, knn, esc50, "
+                                            "esc50-crisscross, fingerprint (default: linear; esc50 for esc50; "
+                                            "fingerprint for vggsound)."),
+    checkpoint: str = typer.Option("random", help="A run folder (its last.pt), a checkpoint file, an `avtools export` "
+                                                  "folder, a backbone state_dict in torchvision's layout (e.g. "
+                                                  "torchvision's r2plus1d_18 weights), a released checkpoint with "
+                                                  "--checkpoint-format, or `random`: the method's encoders at random "
+                                                  "initialisation (the floor)."),
+    backbone: str = typer.Option(None, help="The backbone of a plain state_dict (default: inferred from its keys "
+                                            "and shapes), e.g. r2plus1d_18."),
+    checkpoint_format: str = typer.Option(None, help="The layout of a released checkpoint: gdt, selavi, xdc or "
+                                                     "torchvision; its keys are mapped onto the registered backbones."),
     method: str = typer.Option("xmodal", help="With --checkpoint random: whose encoders to build."),
     preset: str = typer.Option(None, help="A named preset: `demo` sets short clips, few views and short schedules "
-                                          "(and, with --checkpoint random, the demo's tiny encoders)."),
+                                          "(and, with --checkpoint random, the demo's tiny encoders); `kinetics` "
+                                          "(the default for outside checkpoints) their preprocessing."),
     splits: str = typer.Option(None, help="Official split(s): 1, 2, 3, a comma list or all (UCF101/HMDB51: "
                                           "default 1; ESC-50: all 5 folds)."),
     modality: str = typer.Option(None, help="video, audio, fused, a comma list or all (default: the dataset's: "
@@ -230,30 +271,41 @@ def eval_(
     workers: int = typer.Option(4, help="Loader processes per rank."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     precision: str = typer.Option("bf16", help="Autocast on CUDA: bf16, fp16 or fp32 (CPU runs fp32)."),
-    cache_dir: Path = typer.Option(None, help="Feature cache, keyed by checkpoint hash and settings (default "
-                                              "~/.cache/avtools/features, or $AVTOOLS_CACHE/features)."),
-    compare: list[Path] = typer.Option(None, help="Instead of evaluating: print these results.json files side by "
-                                                  "side (repeat, or a shell glob: --compare runs/*/results.json)."),
+    cache_dir: Path = typer.Option(None, help="Feature cache, keyed by checkpoint hash, the data's content and the "
+                                              "settings (default ~/.cache/avtools/features, or $AVTOOLS_CACHE/features)."),
+    compare: list[Path] = typer.Option(None, help="Instead of evaluating: print results.json files side by side, "
+                                                  "one column each (repeat, or a shell glob: --compare runs/*/x.json)."),
+    baseline: str = typer.Option(None, help="With --compare: add gain columns against this column (its file, "
+                                            "name or number)."),
+    references: bool = typer.Option(False, help="With --compare: also print the published rows for the same "
+                                                "dataset, protocol and backbone (manifests/references.toml)."),
 ):
     """Evaluate frozen or fine-tuned encoders with a published protocol; prints and saves result rows.
 
-    Features are extracted once per checkpoint and settings and cached, so other classifiers cost seconds.
-    Under `torchrun --nproc-per-node N -m avtools eval ...` every rank extracts its share of the samples."""
+    Features are extracted once per checkpoint, data and settings and cached, so other classifiers cost seconds.
+    Every row records how much of the official splits it covers; eval warns when that is below 100%. Under
+    `torchrun --nproc-per-node N -m avtools eval ...` every rank extracts its share of the samples."""
     from avcl.eval import report
 
     if compare:
+        files = list(compare) + [Path(p) for p in ([dataset] if dataset else []) + list(ctx.args)]
         try:
-            report.compare(compare, Console())
-        except ValueError as exc:
+            report.compare(files, Console(), baseline, references)
+        except report.ResultsError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2)
         return
+    if ctx.args:
+        console.print(f"[red]error:[/red] unexpected argument(s) {' '.join(ctx.args)}: give one DATASET (or "
+                      "--compare results files)")
+        raise typer.Exit(2)
     if not dataset or not data:
         console.print("[red]error:[/red] give a DATASET and --data (or --compare results.json files)")
         raise typer.Exit(2)
     from avcl.eval.datasets import EvalDataError
     from avcl.eval.engine import EvalOptions
     from avcl.eval.evaluate import EvalRequest, evaluate
+    from avcl.eval.pretrained import CheckpointError
     from avcl.train.config import ConfigError
     from avcl.train.loop import TrainingError
 
@@ -264,10 +316,10 @@ def eval_(
     options = EvalOptions(data=data, batch_size=batch_size, workers=workers, precision=precision,
                           cache_dir=cache_dir, figures_dir=figures)
     request = EvalRequest(dataset, data, protocol, checkpoint, method, splits, modality, list(set_ or []), device,
-                          options, preset)
+                          options, preset, backbone, checkpoint_format, shlex.join(["avtools", *sys.argv[1:]]))
     try:
         rows, engine = evaluate(request, log=console.print)
-    except (ConfigError, TrainingError, EvalDataError, KeyError, ValueError, OSError) as exc:
+    except (ConfigError, TrainingError, EvalDataError, CheckpointError, KeyError, ValueError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
     if engine.rank != 0:
@@ -275,7 +327,7 @@ def eval_(
     report.print_rows(rows, Console())
     console.print(f"features: {engine.cache_hits} split(s) from the cache, {engine.cache_misses} extracted")
     if out is not None:
-        report.save(rows, out, {"request": {k: str(v) for k, v in vars(request).items() if k != "options"},
+        report.save(rows, out, {"request": request.as_dict(),
                                 "cache": {"hits": engine.cache_hits, "misses": engine.cache_misses}})
         console.print(f"wrote {out}")
 

@@ -138,17 +138,17 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
     }
 
 
-def _fold_counts(plan, rows: dict[str, Row]) -> dict[str, dict[str, int]]:
-    """Available clips per official split and role (UCF101/HMDB51 `folds`): evaluation's epoch sizes."""
-    folds: dict[str, dict[str, int]] = {}
+def _fold_counts(plan, rows: dict[str, Row]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per official split (UCF101/HMDB51 `folds`) and role: the videos its lists name (expected) and how many
+    are in the shards (available). Evaluation reads its epoch sizes and coverage from these."""
+    folds: dict[str, dict[str, dict[str, int]]] = {}
     for clip in plan:
         row = rows.get(clip.clip_id)
-        if row is None or row.status != "ok":
-            continue
         for fold, role in clip.extra.get("folds", {}).items():
-            per_role = folds.setdefault(str(fold), {})
-            per_role[role] = per_role.get(role, 0) + 1
-    return dict(sorted(folds.items()))
+            counts = folds.setdefault(str(fold), {}).setdefault(role, {"expected": 0, "available": 0})
+            counts["expected"] += 1
+            counts["available"] += int(row is not None and row.status == "ok")
+    return {fold: dict(sorted(roles.items())) for fold, roles in sorted(folds.items())}
 
 
 def write_dataset_json(store, summary: dict) -> None:

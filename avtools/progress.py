@@ -42,11 +42,26 @@ def print_summary(console: Console, result) -> None:
     for name, split in s["splits"].items():
         table.add_row(name, str(split["available"]), str(split["failed"]), str(split["total"]), str(len(split["shards"])))
     console.print(table)
+    if s.get("folds"):
+        print_coverage(console, s["folds"])
     if s["failures"]:
         console.print("failures: " + ", ".join(f"{reason} {n}" for reason, n in s["failures"].items()))
     rate = result.processed / result.seconds if result.seconds else 0.0
     console.print(f"this run: {result.ok} ok, {result.failed} failed in {result.seconds:.1f}s ({rate:.2f} clips/s)"
                   + (" [yellow](interrupted: rerun the same command to continue)[/yellow]" if result.interrupted else ""))
+
+
+def print_coverage(console: Console, folds: dict) -> None:
+    """Official splits: the videos their lists name against those in the shards."""
+    table = Table(title="official splits: available / expected")
+    for column in ("split", "train", "test", "coverage"):
+        table.add_column(column)
+    for fold, roles in folds.items():
+        cells = [f"{roles[r]['available']:,} / {roles[r]['expected']:,}" if r in roles else "-" for r in ("train", "test")]
+        available = sum(roles[r]["available"] for r in ("train", "test") if r in roles)
+        expected = sum(roles[r]["expected"] for r in ("train", "test") if r in roles)
+        table.add_row(fold, *cells, f"{100 * available / max(expected, 1):.1f}%")
+    console.print(table)
 
 
 def print_description(console: Console, info: dict) -> None:
@@ -57,6 +72,8 @@ def print_description(console: Console, info: dict) -> None:
         for name, split in info["splits"].items():
             table.add_row(name, str(split["available"]), str(split["total"]), str(split["shards"]))
         console.print(table)
+        if info.get("folds"):
+            print_coverage(console, info["folds"])
         console.print(f"{len(info['classes'])} classes: " + ", ".join(info["classes"][:20])
                       + (" ..." if len(info["classes"]) > 20 else ""))
         if info["failures"]:

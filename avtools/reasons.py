@@ -30,7 +30,7 @@ _REASONS = [
     Reason("fetch_error", True, "another download error; the message says more"),
     # media, final
     Reason("no_video", False, "the file has no video stream"),
-    Reason("no_audio", False, "the file has no audio stream (use --allow-no-audio to keep video-only clips)"),
+    Reason("no_audio", False, "the file has no audio stream (--no-av-filters keeps video-only clips)"),
     Reason("silent_audio", False, "the audio track is silent (RMS below --silence-db)"),
     Reason("too_short", False, "less media than --min-duration seconds in the requested window"),
     Reason("corrupt", False, "the file cannot be decoded"),

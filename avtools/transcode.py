@@ -1,7 +1,9 @@
 """One clip from fetched media to a shard sample: probe, filter, decode the window, encode frames and audio.
 
 Every rejection is a `ClipError` with a precise reason (no_video, no_audio, silent_audio, too_short,
-corrupt); the build records it in the ledger and carries on.
+corrupt); the build records it in the ledger and carries on. The audio-visual filters (no_audio, silent_audio)
+apply only with `av_filters`: evaluation sets such as UCF101 keep every video of their official splits, the
+ones without sound as video-only samples (no wav member, json `has_audio` false).
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ from avtools.reasons import ClipError
 from avtools.recipes import Clip
 
 
+NATIVE = "native"
+
+
 @dataclasses.dataclass
 class TranscodeSettings:
-    fps: float = 16.0
+    fps: float | str = 16.0  # frames per second, or "native": each video's own rate, at most `max_fps`
+    max_fps: float = 30.0
     short_side: int = 128
     audio_rate: int = 16000
     frames: str = "jpg"  # "jpg": a JPEG per frame, packed in one member; "mp4": one short-GOP H.264 stream
@@ -29,7 +35,17 @@ class TranscodeSettings:
     gop: int = 16
     min_duration: float = 2.0  # seconds of media the clip window must hold
     silence_db: float = -60.0  # RMS level (dBFS) at or below which audio counts as silent
-    allow_no_audio: bool = False
+    av_filters: bool = True  # reject clips without an audio stream (no_audio) or with silent audio
+
+    def __post_init__(self):
+        if self.fps != NATIVE and not (isinstance(self.fps, (int, float)) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number or {NATIVE!r}, not {self.fps!r}")
+
+    def output_fps(self, source_fps: float) -> float:
+        """The frame rate a clip is written at: the setting, or its own rate capped by `max_fps`."""
+        if self.fps != NATIVE:
+            return float(self.fps)
+        return min(source_fps, self.max_fps) if source_fps > 0 else self.max_fps
 
 
 @dataclasses.dataclass
@@ -54,14 +70,15 @@ def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sa
     if info.duration is not None and t0 >= info.duration:
         raise ClipError("too_short", f"the clip starts at {t0:.2f}s but the media lasts {info.duration:.2f}s")
     # decode before judging the audio: a corrupt file is reported as corrupt, whatever else it lacks
-    decoded = media.decode_window(fetched.path, t0, t1, fps=settings.fps, short_side=settings.short_side,
-                                  audio_rate=settings.audio_rate, want_video=want_video, want_audio=info.has_audio)
-    if not info.has_audio and (clip.audio_only or not settings.allow_no_audio):
+    decoded = media.decode_window(fetched.path, t0, t1, fps=settings.output_fps(info.fps),
+                                  short_side=settings.short_side, audio_rate=settings.audio_rate,
+                                  want_video=want_video, want_audio=info.has_audio)
+    if not info.has_audio and (clip.audio_only or settings.av_filters):
         raise ClipError("no_audio", f"{fetched.path} has no audio stream")
     if decoded.duration < settings.min_duration:
         raise ClipError("too_short", f"{decoded.duration:.2f}s of media in the window, "
                                      f"--min-duration is {settings.min_duration}s")
-    if decoded.audio is not None:
+    if decoded.audio is not None and settings.av_filters:
         level = media.loudness_db(decoded.audio)
         if level <= settings.silence_db:
             raise ClipError("silent_audio", f"audio RMS {level:.1f} dBFS <= --silence-db {settings.silence_db}")
@@ -72,7 +89,7 @@ def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSet
     frames, video = None, None
     if decoded.frames:
         if settings.frames == "mp4":
-            video = encode_mp4(decoded.frames, settings.fps, settings.gop)
+            video = encode_mp4(decoded.frames, decoded.fps, settings.gop)
         else:
             frames = [encode_jpeg(rgb, settings.jpeg_quality) for rgb in decoded.frames]
     audio = schema.wav_bytes(decoded.audio, settings.audio_rate) if decoded.audio is not None else None
@@ -81,10 +98,11 @@ def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSet
     meta = {
         "clip_id": clip.clip_id, "youtube_id": clip.youtube_id, "label": clip.label,
         "label_index": clip.label_index, "split": clip.split, "start": start,
-        "end": start + decoded.duration, "fps": settings.fps if decoded.frames else 0,
+        "end": start + decoded.duration, "fps": decoded.fps if decoded.frames else 0,
         "n_frames": len(decoded.frames), "width": width, "height": height,
         "audio_rate": settings.audio_rate if audio is not None else 0,
         "n_audio_samples": 0 if decoded.audio is None else int(decoded.audio.size),
+        "has_audio": audio is not None,
         "source": source,
         "frames_format": settings.frames if decoded.frames else "",
         **clip.extra,

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from avcl.data.views import fold_codes
-from avcl.eval import classify
+from avcl.eval import classify, report
 from avcl.eval.datasets import DATASETS
 from avcl.eval.encoders import conv5_max
 from avcl.eval.fingerprint import ranks_of_originals
@@ -104,7 +104,8 @@ def test_supervised_protocols_end_to_end_with_cache(protocol, demo_dataset, tmp_
                      *schedule)
     (row,) = a["rows"]
     assert_in_range([row])
-    assert row["extra"]["test"] == split_sizes(demo_dataset)[1] and set(row["metrics"]) == {"top1", "top5", "mean_class"}
+    assert row["extra"]["coverage"]["test"]["read"] == split_sizes(demo_dataset)[1]
+    assert set(row["metrics"]) == {"top1", "top5", "mean_class"}
     assert Path(row["extra"]["figure"]).stat().st_size > 1000
 
 
@@ -115,9 +116,13 @@ def test_fingerprint_end_to_end(demo_dataset, tmp_path):
     assert_in_range(rows)
     families = {(r["modality"], r["extra"]["family"]) for r in rows}
     assert families == {(m, f) for m in ("video", "audio") for f in ("jpeg", "audio-gain", "trim", "all")}
-    by = {(r["modality"], r["extra"]["family"]): r["metrics"] for r in rows}
-    assert by[("audio", "jpeg")]["R@1"] == 100.0  # a visual change leaves the audio embedding as it was
-    assert by[("video", "audio-gain")]["R@1"] == 100.0
+    by = {(r["modality"], r["extra"]["family"]): r for r in rows}
+    database = split_sizes(demo_dataset)[1]
+    assert by[("audio", "jpeg")]["metrics"]["R@1"] == 100.0  # a visual change leaves the audio embedding as it was
+    assert by[("audio", "jpeg")]["extra"]["identical"] == database == by[("video", "audio-gain")]["extra"]["identical"]
+    assert by[("video", "jpeg")]["extra"]["identical"] < database
+    assert by[("video", "all")]["extra"]["families"] == ["jpeg", "trim"]  # the families that change the video
+    assert by[("audio", "all")]["extra"]["families"] == ["audio-gain", "trim"]
 
 
 def test_esc50_five_folds_and_mean(tmp_path):
@@ -129,7 +134,8 @@ def test_esc50_five_folds_and_mean(tmp_path):
                      "protocol.train_crops=4", "--set", "protocol.test_crops=3", "--workers", "0")
     rows = a["rows"]
     assert [r["split"] for r in rows] == ["1", "2", "3", "4", "5", "mean"]
-    assert all(r["extra"].get("test", 4) == 4 for r in rows[:5])
+    assert all(r["extra"]["coverage"]["test"] == {"expected": 4, "available": 4, "read": 4} for r in rows[:5])
+    assert all(r["extra"]["window_s"] == 1.0 for r in rows[:5])  # xmodal's training audio: 1 s
     assert rows[-1]["metrics"]["accuracy"] == pytest.approx(np.mean([r["metrics"]["accuracy"] for r in rows[:5]]))
     assert_in_range(rows)
 
@@ -145,8 +151,10 @@ def test_a_trained_checkpoint_and_compare(demo_dataset, tmp_path):
            "--out", str(tmp_path / "random" / "results.json"))
     trained = results(run / "results.json")["rows"][0]
     assert trained["encoder"]["checkpoint"].endswith("last.pt") and trained["encoder"]["step"] == 1
-    output = invoke("eval", "--compare", str(run / "results.json"), "--compare", str(tmp_path / "random" / "results.json"))
-    assert "xmodal (run)" in output and "xmodal (random)" in output and "knn" in output
+    files = [run / "results.json", tmp_path / "random" / "results.json"]
+    output = invoke("eval", "--compare", str(files[0]), "--compare", str(files[1]))
+    assert [c.name for c in report.columns(files)] == ["xmodal run step 1", "xmodal random step 0"]
+    assert "knn" in output
 
 
 # --- official splits ---------------------------------------------------------------------------------------
@@ -215,12 +223,14 @@ def tiny_ucf(tmp_path_factory):
 
 def test_ucf101_splits_all_reads_every_fold_from_one_dataset(tiny_ucf, tmp_path):
     info = json.loads((tiny_ucf / "dataset.json").read_text())
-    assert info["folds"] == {f: {"train": 9, "test": 3} for f in ("1", "2", "3")}
+    counts = lambda n: {"expected": n, "available": n}  # noqa: E731
+    assert info["folds"] == {f: {"train": counts(9), "test": counts(3)} for f in ("1", "2", "3")}
     invoke("eval", "ucf101", "--data", str(tiny_ucf), "--protocol", "knn", "--splits", "all", *TINY,
            "--set", "protocol.layer=gap", "--out", str(tmp_path / "r.json"))
     rows = results(tmp_path / "r.json")["rows"]
     assert [r["split"] for r in rows] == ["1", "2", "3", "mean"]
-    assert all(r["extra"] == {"train": 9, "test": 3} for r in rows[:3])
+    assert all(r["extra"]["coverage"] == {"train": counts(9) | {"read": 9}, "test": counts(3) | {"read": 3}}
+               for r in rows[:3])
     assert set(rows[-1]["extra"]["per_split"]) == {"1", "2", "3"}
 
 
@@ -231,7 +241,7 @@ def test_finetune_on_a_fold_the_shards_were_not_built_for(tiny_ucf, tmp_path):
     invoke("eval", "ucf101", "--data", str(tiny_ucf), "--protocol", "finetune", "--splits", "2", *schedule,
            "--out", str(tmp_path / "r.json"))
     (row,) = results(tmp_path / "r.json")["rows"]
-    assert row["split"] == "2" and row["extra"]["test"] == 3
+    assert row["split"] == "2" and row["extra"]["coverage"]["test"] == {"expected": 3, "available": 3, "read": 3}
 
 
 def test_bad_requests_name_the_problem(demo_dataset, tmp_path):
@@ -316,9 +326,11 @@ def test_topk_accuracy_and_vcop_pooling_sizes():
     assert classify.topk_accuracy(scores, np.array([2, 2]), 1) == 0.0  # the tie goes to the lower class
     assert classify.topk_accuracy(scores, np.array([2, 2]), 2) == 1.0
     conv5 = torch.zeros(1, 512, 2, 7, 7)
-    assert conv5_max(conv5, "r3d_18").shape == (1, 9216)
-    assert conv5_max(conv5, "c3d").shape == (1, 9216)
-    assert conv5_max(conv5, "r2plus1d_18").shape == (1, 512)
+    for layer in ("conv5-max-vcop", "conv5-max-tcgl"):
+        assert conv5_max(conv5, "r3d_18", layer).shape == (1, 9216)
+        assert conv5_max(conv5, "c3d", layer).shape == (1, 9216)
+    assert conv5_max(conv5, "r2plus1d_18", "conv5-max-vcop").shape == (1, 9216)  # VCOP's own R(2+1)D: (1,2,2)
+    assert conv5_max(conv5, "r2plus1d_18", "conv5-max-tcgl").shape == (1, 512)  # TCGL's: (2,5,5)
 
 
 def test_fused_features_use_amfm_for_avcl_and_stkd_reaches_tcgl_features():
@@ -359,7 +371,9 @@ def test_two_ranks_extract_every_sample_once_and_match_one_process(demo_dataset,
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one, two = results(tmp_path / "one.json")["rows"], results(tmp_path / "two.json")["rows"]
     train, val = split_sizes(demo_dataset)
-    assert [r["extra"] for r in one] == [r["extra"] for r in two] == [{"train": train, "test": val}]
+    read = {"train": {"expected": train, "available": train, "read": train},
+            "test": {"expected": val, "available": val, "read": val}}
+    assert [r["extra"] for r in one] == [r["extra"] for r in two] == [{"coverage": read, "layer": "gap"}]
     assert one[0]["metrics"] == pytest.approx(two[0]["metrics"])
     (c1,), (c2,) = list((tmp_path / "c1").glob("*.npz"))[:1], list((tmp_path / "c2").glob("*.npz"))[:1]
     a, b = np.load(c1), np.load(c2)

@@ -9,7 +9,7 @@ from avcl import models
 
 TORCHVISION = json.loads((Path(__file__).parent / "data" / "torchvision_video_resnets.json").read_text())
 VIDEO = ["c3d", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "r3d_10", "r3d_18", "r3d_34"]
-AUDIO = ["conv2d_10", "resnet18_2d"]
+AUDIO = ["conv2d_10", "resnet18_2d", "resnet9_2d"]
 
 
 def layout(model: torch.nn.Module) -> list:

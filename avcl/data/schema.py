@@ -3,7 +3,7 @@
 A sample in a WebDataset tar shard is a group of members sharing one key (the key holds no dots):
 
     {key}.json            metadata (SAMPLE_FIELDS below)
-    {key}.wav             mono 16-bit PCM audio, absent for video-only samples
+    {key}.wav             mono 16-bit PCM audio, absent for video-only samples (json `has_audio` false)
     {key}.mjpeg           all frames as JPEGs back to back (frames="jpg", the default; an MJPEG stream ffmpeg
                           plays), frame i at bytes [frame_offsets[i], frame_offsets[i + 1]) of the json
     {key}.mp4             all frames as one short-GOP H.264 stream (frames="mp4"), instead of the JPEGs
@@ -31,7 +31,7 @@ FRAME_FORMATS = ("jpg", "mp4")
 
 SAMPLE_FIELDS = (
     "clip_id", "youtube_id", "label", "label_index", "split", "start", "end", "fps", "n_frames",
-    "width", "height", "audio_rate", "n_audio_samples", "source",
+    "width", "height", "audio_rate", "n_audio_samples", "has_audio", "source",
 )
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")

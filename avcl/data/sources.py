@@ -196,6 +196,46 @@ def dataset_info(url: str) -> dict | None:
     return read_json(url.rstrip("/") + "/" + DATASET_JSON)
 
 
+def shard_stamps(url: str, names: list[str]) -> dict[str, list | None]:
+    """What identifies each shard's content without reading it: [size, modification time] of a local file,
+    [size, ETag] of an S3 object (one listing for the prefix), [length, ETag or Last-Modified] over HTTP;
+    None for a shard that is not there. A rebuilt or replaced shard gets another stamp."""
+    url = url.rstrip("/")
+    if url.startswith("s3://"):
+        bucket, prefix = split_s3(url + "/")
+        listed = {}
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            listed.update({item["Key"][len(prefix):]: [item["Size"], item["ETag"]] for item in page.get("Contents", [])})
+        return {name: listed.get(name) for name in names}
+    if url.startswith(("http://", "https://")):
+        return {name: _http_stamp(f"{url}/{name}") for name in names}
+    root = url[len("file://"):] if url.startswith("file://") else url
+    stamps = {}
+    for name in names:
+        try:
+            stat = os.stat(os.path.join(root, name))
+            stamps[name] = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            stamps[name] = None
+    return stamps
+
+
+def _http_stamp(url: str) -> list | None:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
+            headers = response.headers
+            return [headers.get("Content-Length"), headers.get("ETag") or headers.get("Last-Modified")]
+    except urllib.error.HTTPError as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def shard_names(info: dict) -> list[str]:
+    """Every shard dataset.json lists, over all splits."""
+    return [shard["name"] for s in info.get("splits", {}).values() for shard in s.get("shards", [])]
+
+
 def parse_spec(spec: str) -> tuple[str, float]:
     """'url@0.3' -> ('url', 0.3); a trailing '@' part that is not a number belongs to the URL."""
     head, sep, tail = spec.rpartition("@")

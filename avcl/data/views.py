@@ -1,7 +1,8 @@
 """What each method asks of one sample: N clips with speed, direction and order, and their aligned audio.
 
 Decode once, emit many views. A `ViewSpec` says how many clips to draw from a video, how long (frames at the
-stored fps), at which playback speeds (frame skip k) and directions; TCGL's tuples (snippets with gaps, shuffled,
+stored fps, or at the rate `fps` asks for: an evaluation protocol's 16 fps read from 25 fps UCF101 takes every
+1.5625th stored frame), at which playback speeds (frame skip k) and directions; TCGL's tuples (snippets with gaps, shuffled,
 with the permutation's index as label); and the audio window that goes with each clip.
 
 Timing rule (the same as the builder's): stored frame i shows time i / fps and audio sample j plays at j / rate.
@@ -42,6 +43,7 @@ class ViewSpec:
     canvas: int = 128  # frames leave the CPU as canvas x canvas crops; the device does the random resized crop
     test_clips: int = 0  # evaluation: this many clips evenly spaced, deterministic (replaces `clips`)
     video: bool = True  # False: audio windows only (audio-only samples)
+    fps: float = 0.0  # frame rate clips are sampled at from the stored frames (0: the stored rate, consecutive)
 
     @property
     def n_clips(self) -> int:
@@ -91,21 +93,35 @@ def plan_clips(spec: ViewSpec, n_frames: int, fps: float, rng: np.random.Generat
         return [dataclasses.replace(p, indices=p.indices + first, start=p.start + first / fps) for p in plans], order
     if spec.tuple_gap is not None:
         return _plan_tuple(spec, n_frames, fps, rng)
-    speeds = [1] * spec.n_clips if spec.test_clips else rng.choice(_fitting_speeds(spec, n_frames), spec.n_clips).tolist()
+    step = frame_step(spec, fps)
+    speeds = [1] * spec.n_clips if spec.test_clips else rng.choice(_fitting_speeds(spec, n_frames, step), spec.n_clips).tolist()
     directions = [1] * spec.n_clips if spec.test_clips else rng.choice(spec.directions, spec.n_clips).tolist()
-    lengths = [spec.frames * spec.stride * k for k in speeds]
+    lengths = [_window(spec.frames, step * k) for k in speeds]
     starts = _starts(spec, lengths, n_frames, rng)
     plans = []
     for start, length, speed, direction in zip(starts, lengths, speeds, directions):
-        indices = np.clip(start + np.arange(spec.frames) * spec.stride * speed, 0, n_frames - 1)
+        offsets = np.round(np.arange(spec.frames) * step * speed).astype(np.int64)
+        indices = np.clip(start + offsets, 0, n_frames - 1)
         plans.append(ClipPlan(indices[::direction], start / fps, length / fps, int(speed), int(direction)))
     return plans, -1
 
 
-def _fitting_speeds(spec: ViewSpec, n_frames: int) -> list[int]:
+def frame_step(spec: ViewSpec, stored_fps: float) -> float:
+    """Stored frames between two frames of a clip at speed 1: the stride, times stored / sampled rate."""
+    if not spec.fps or stored_fps <= 0:
+        return float(spec.stride)
+    return spec.stride * stored_fps / spec.fps
+
+
+def _window(frames: int, step: float) -> int:
+    """Stored frames a clip of `frames` frames `step` apart spans (the last one's own duration included)."""
+    return max(1, int(round(frames * step)))
+
+
+def _fitting_speeds(spec: ViewSpec, n_frames: int, step: float) -> list[int]:
     """The speeds whose windows fit in the video (all clips side by side when disjoint); at least the slowest."""
     clips = spec.n_clips if spec.disjoint else 1
-    fitting = [k for k in spec.speeds if clips * spec.frames * spec.stride * k <= n_frames]
+    fitting = [k for k in spec.speeds if clips * _window(spec.frames, step * k) <= n_frames]
     return fitting or [min(spec.speeds)]
 
 
@@ -191,7 +207,7 @@ def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
                                                                          spec.canvas, 3)
     else:
         grid = int(meta["n_audio_samples"]) * AUDIO_GRID_HZ // int(meta["audio_rate"])
-        audio_spec = dataclasses.replace(spec, frames=round(spec.audio_seconds * AUDIO_GRID_HZ), stride=1)
+        audio_spec = dataclasses.replace(spec, frames=round(spec.audio_seconds * AUDIO_GRID_HZ), stride=1, fps=0.0)
         plans, order = plan_clips(audio_spec, max(1, grid), AUDIO_GRID_HZ, plan_rng, window)
     views.update({"speed": np.array([spec.speeds.index(p.speed) for p in plans]),
                   "direction": np.array([int(p.direction < 0) for p in plans]),

@@ -1,6 +1,9 @@
 """Linear classifiers on frozen features (scikit-learn: liblinear SVM, L-BFGS logistic regression), with the
 regularisation C chosen on a held-out part of train, then refitted on all of train.
 
+`svm-tcgl` is exactly TCGL's liblinear call, `-s 2 -c C` with no bias term: L2-regularised L2-loss SVC solved in
+the primal, one-vs-rest, liblinear's default tolerance for that solver (0.01), no intercept.
+
 The hold-out is drawn per group (a recording whose crops are separate training rows is one group), so no
 recording is on both sides.
 """
@@ -11,7 +14,7 @@ import warnings
 
 import numpy as np
 
-CLASSIFIERS = ("logreg", "svm")
+CLASSIFIERS = ("logreg", "svm", "svm-tcgl")
 
 
 @dataclasses.dataclass
@@ -42,6 +45,9 @@ def make_classifier(kind: str, c: float, max_iter: int, seed: int):
         return LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
     if kind == "svm":
         return LinearSVC(C=c, max_iter=max_iter, random_state=seed)
+    if kind == "svm-tcgl":
+        return LinearSVC(C=c, loss="squared_hinge", penalty="l2", dual=False, fit_intercept=False, tol=0.01,
+                         max_iter=max_iter, random_state=seed)
     raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {kind!r}")
 
 

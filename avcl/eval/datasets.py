@@ -69,17 +69,19 @@ class EvalDataset:
             raise EvalDataError(f"{self.name} has splits {', '.join(self.folds)} (or 'all'), not {', '.join(bad)}")
         return chosen
 
-    def count(self, info: dict, fold: str, role: str) -> int:
-        """How many samples are `role` in `fold`, from dataset.json (never by reading the shards)."""
+    def coverage(self, info: dict, fold: str, role: str) -> tuple[int, int]:
+        """(expected, available): how many samples are `role` in `fold` by the official lists, and how many the
+        shards hold, from dataset.json (never by reading the shards)."""
         splits = info["splits"]
         if self.kind == "official-splits":
-            counts = info.get("folds", {}).get(fold)
-            if counts is None:
-                raise EvalDataError(f"dataset.json has no per-fold counts for split {fold}: rerun the same "
-                                    "`avtools build-dataset` command once (finished shards are kept) to add them")
-            return counts.get(role, 0)
-        return sum(entry["available"] for name, entry in splits.items()
-                   if self.role(name, np.full(3, -1), fold, list(splits)) == role)
+            counts = info.get("folds", {}).get(fold, {}).get(role, {"expected": 0, "available": 0})
+            if not isinstance(counts, dict):
+                raise EvalDataError(f"dataset.json has no expected/available counts per official split: rerun the "
+                                    "same `avtools build-dataset` command once (finished shards are kept) to add them")
+            return counts["expected"], counts["available"]
+        entries = [entry for name, entry in splits.items()
+                   if self.role(name, np.full(3, -1), fold, list(splits)) == role]
+        return sum(e["total"] for e in entries), sum(e["available"] for e in entries)
 
 
 def _register(dataset: EvalDataset) -> None:

@@ -1,13 +1,17 @@
-"""Frozen encoders for evaluation: a training checkpoint (or `random`) in, clip embeddings out.
+"""Frozen encoders for evaluation: a checkpoint (or `random`) in, clip embeddings out.
 
-`load_encoders` rebuilds the method a checkpoint was trained with (its config is inside) so every protocol sees
-the same preprocessing as training: the method's own input transform (TCGL's STKD), the video normalisation and
-the log-mel settings. `--checkpoint random` builds the method from its preset at a fixed seed: the floor of
-every table (and, fine-tuned, the supervised-from-scratch baseline).
+`load_encoders` rebuilds the method a training checkpoint was trained with (its config is inside) so every
+protocol sees the same preprocessing as training: the method's own input transform (TCGL's STKD), the video
+normalisation and the log-mel settings. An `avtools export` folder rebuilds the same method from export.json;
+a plain backbone state_dict (torchvision's files) or a released checkpoint (`--checkpoint-format`) becomes
+frozen backbones with a named preset's preprocessing (avcl.eval.pretrained). `--checkpoint random` builds the
+method from its preset at a fixed seed: the floor of every table (and, fine-tuned, the supervised-from-scratch
+baseline).
 
-Feature layers: `gap` (the backbone's pooled vector), `conv5-max` (VCOP/TCGL retrieval: the conv5 map
-max-pooled with the published kernel, flattened; C3D/R3D (1,2,2) -> 9216-d, R(2+1)D (2,5,5) -> 512-d at
-16x112x112) and, for audio, `conv5` (the conv5 map max-pooled to 3x3, 4608-d for ResNet-18: CrissCross's size;
+Feature layers: `gap` (the backbone's pooled vector), `conv5-max-vcop` and `conv5-max-tcgl` (retrieval: the
+conv5 map max-pooled with kernel = stride as the published code does, flattened; both (1,2,2) -> 9216-d for
+C3D and R3D at 16x112x112; for R(2+1)D VCOP's code pools (1,2,2) -> 9216-d, TCGL's (2,5,5) -> 512-d) and,
+for audio, `conv5` (the conv5 map max-pooled to 3x3, 4608-d for ResNet-18: CrissCross's size;
 the pooling itself is a reconstruction).
 """
 from __future__ import annotations
@@ -21,11 +25,16 @@ import torch
 import torch.nn.functional as F
 
 import avcl.methods as methods
+from avcl.eval import pretrained
 from avcl.methods.base import Method, flat
 from avcl.train import checkpoint
 from avcl.train.config import TrainConfig, from_dict, load as load_config
 
-VIDEO_LAYERS = ("gap", "conv5-max")
+CONV5_POOLS = {  # layer -> backbone family -> max-pool kernel (= stride) on the conv5 map
+    "conv5-max-vcop": {"c3d": (1, 2, 2), "r3d": (1, 2, 2), "r2plus1d": (1, 2, 2)},
+    "conv5-max-tcgl": {"c3d": (1, 2, 2), "r3d": (1, 2, 2), "r2plus1d": (2, 5, 5)},
+}
+VIDEO_LAYERS = ("gap", *CONV5_POOLS)
 AUDIO_LAYERS = ("gap", "conv5")
 MODALITIES = ("video", "audio", "fused")
 
@@ -37,6 +46,7 @@ class Encoders:
     source: str  # the checkpoint path, or "random"
     digest: str  # content hash: the feature cache key
     step: int
+    fusion_weights: bool = True  # False: an export, without the method's own fusion module
 
     @property
     def describe(self) -> dict:
@@ -46,8 +56,11 @@ class Encoders:
 
 
 def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (), device="cpu",
-                  preset: str | None = None) -> Encoders:
-    """A run folder (its last.pt), a checkpoint file, or `random` (method `method`, named preset, `overrides`)."""
+                  preset: str | None = None, backbone: str | None = None,
+                  checkpoint_format: str | None = None) -> Encoders:
+    """A run folder (its last.pt), a training checkpoint, an `avtools export` folder or file, a backbone
+    state_dict (`backbone` inferred unless given), a released checkpoint (`checkpoint_format`), or `random`
+    (method `method`, named preset, `overrides`)."""
     if where == "random":
         config = load_config(method, overrides=list(overrides), named=preset)
         torch.manual_seed(0)
@@ -55,35 +68,34 @@ def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (),
         digest = hashlib.sha256(("random:" + json.dumps(config.to_dict(), sort_keys=True)).encode()).hexdigest()
         return Encoders(model.to(device).eval(), config, "random", digest, 0)
     path = Path(where)
-    if path.is_dir():
+    if path.is_dir() and pretrained.export_folder(path) is None:
         path = path / checkpoint.LAST
-    saved = checkpoint.load(path)
-    if "config" not in saved or "model" not in saved:
-        raise ValueError(f"{path} is not an avtools training checkpoint (no config/model inside); pass a run "
-                         "folder, RUN/last.pt, RUN/best.pt, or `random`")
-    config = from_dict(saved["method_name"], {k: v for k, v in saved["config"].items() if k != "method_name"})
-    model = methods.build(config.method_name, config.method)
-    model.load_state_dict(saved["model"])
-    return Encoders(model.to(device).eval(), config, str(path), file_digest(path), saved["state"]["step"])
+    folder = pretrained.export_folder(path) if checkpoint_format is None else None
+    if folder is not None:
+        model, config, files, step = pretrained.load_export(folder)
+        has_own_fusion = type(model).fused_features is not Method.fused_features
+        return Encoders(model.to(device).eval(), config, str(path), pretrained.file_digest(*files), step,
+                        fusion_weights=not has_own_fusion)
+    saved = pretrained.read_checkpoint(path)
+    if checkpoint_format is None and "config" in saved and "model" in saved:
+        config = from_dict(saved["method_name"], {k: v for k, v in saved["config"].items() if k != "method_name"})
+        model = methods.build(config.method_name, config.method)
+        model.load_state_dict(saved["model"])
+        return Encoders(model.to(device).eval(), config, str(path), pretrained.file_digest(path), saved["state"]["step"])
+    layout = checkpoint_format or "torchvision"
+    model, encoder = pretrained.load_converted(pretrained.FORMATS.get(layout)(saved), backbone)
+    config = pretrained.preprocessing_config(layout, encoder, preset)
+    digest = pretrained.file_digest(path, extra=json.dumps([layout, config.to_dict()], sort_keys=True))
+    return Encoders(model.to(device).eval(), config, str(path), digest, 0)
 
 
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-VCOP_POOL = {"c3d": (1, 2, 2), "r3d": (1, 2, 2), "r2plus1d": (2, 5, 5)}
-
-
-def conv5_max(feature_map: torch.Tensor, backbone: str) -> torch.Tensor:
-    """VCOP/TCGL's retrieval feature: conv5 max-pooled with kernel = stride as published, flattened."""
-    family = next((name for name in VCOP_POOL if backbone.startswith(name)), None)
+def conv5_max(feature_map: torch.Tensor, backbone: str, layer: str = "conv5-max-vcop") -> torch.Tensor:
+    """A retrieval feature: the conv5 map max-pooled with the kernel (= stride) `layer`'s code uses, flattened."""
+    pools = CONV5_POOLS[layer]
+    family = next((name for name in pools if backbone.startswith(name)), None)
     if family is None:
-        raise ValueError(f"no published conv5 pooling for backbone {backbone!r}; use --layer gap")
-    kernel = tuple(min(k, size) for k, size in zip(VCOP_POOL[family], feature_map.shape[2:]))  # small inputs
+        raise ValueError(f"no published conv5 pooling for backbone {backbone!r}; use --set protocol.layer=gap")
+    kernel = tuple(min(k, size) for k, size in zip(pools[family], feature_map.shape[2:]))  # small inputs
     return F.max_pool3d(feature_map, kernel, kernel).flatten(1)
 
 
@@ -92,8 +104,8 @@ def video_embedding(encoders: Encoders, clips: torch.Tensor, layer: str = "gap")
     method = encoders.method
     if layer == "gap":
         return method.video_features(clips)
-    if layer == "conv5-max":
-        return conv5_max(method.video.features(method.video_input(clips)), encoders.config.method.video_backbone)
+    if layer in CONV5_POOLS:
+        return conv5_max(method.video.features(method.video_input(clips)), encoders.config.method.video_backbone, layer)
     raise ValueError(f"video layer must be one of {VIDEO_LAYERS}, not {layer!r}")
 
 
@@ -139,6 +151,9 @@ def clip_embedder(encoders: Encoders, modality: str, layer: str = "gap"):
             return audio_embedding(encoders, flat(audio), layer).view(b, audio.shape[1], -1)
         crops = video.shape[1] // audio.shape[1]  # evaluation crops share their clip's audio
         audio = flat(audio).repeat_interleave(crops, dim=0)
+        if not encoders.fusion_weights:
+            raise ValueError(f"{encoders.config.method_name}'s fused features come from its fusion module, which "
+                             "`avtools export` does not write: evaluate the run folder, or --modality video/audio")
         fused = encoders.method.fused_features(flat(video), audio)
         if fused is None:
             fused = torch.cat([F.normalize(video_embedding(encoders, flat(video), layer), dim=1),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from avcl.data.augment import DeviceAugment
-from avcl.data.sources import SourceError, dataset_info, resolve
+from avcl.data.sources import SourceError, dataset_info, resolve, shard_names, shard_stamps
 from avcl.data.stream import EvalStream
 from avcl.data.views import run_spec
 from avcl.eval.datasets import EvalDataError, EvalDataset
@@ -39,11 +39,14 @@ class Protocol:
     recipe: type  # dataclass of the protocol's settings, published defaults
     run: Callable  # (engine, recipe, folds, modalities) -> list[Row]
     about: str
+    modalities: tuple[str, ...] | None = None  # the only ones it measures (ESC-50: audio); None: as asked
+    needs_labels: bool = True  # classification and retrieval need two classes at least; fingerprinting none
+    kinds: tuple[str, ...] | None = None  # the dataset kinds it serves (EvalDataset.kind); None: every kind
 
 
-def register_protocol(name: str, recipe: type, about: str):
+def register_protocol(name: str, recipe: type, about: str, **options):
     def add(run: Callable) -> Callable:
-        PROTOCOLS.register(name)(Protocol(name, recipe, run, about))
+        PROTOCOLS.register(name)(Protocol(name, recipe, run, about, **options))
         return run
     return add
 
@@ -58,7 +61,8 @@ class Row:
     metrics: dict[str, float]
     settings: dict
     encoder: dict
-    extra: dict = dataclasses.field(default_factory=dict)  # per-class accuracy, figure paths, counts
+    extra: dict = dataclasses.field(default_factory=dict)  # coverage, per-class accuracy, figure paths, counts
+    provenance: dict = dataclasses.field(default_factory=dict)  # avtools version, UTC time, command, config
 
 
 @dataclasses.dataclass
@@ -67,6 +71,7 @@ class EvalOptions:
     batch_size: int = 16
     workers: int = 4
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
+    max_clips: int = 0  # clips through the encoder at once, whatever the clips per video; 0: 64 on CUDA, 16 on CPU
     cache_dir: Path = Path("~/.cache/avtools/features")
     figures_dir: Path = Path(".")
 
@@ -79,10 +84,15 @@ class Engine:
         if self.info is None:
             raise EvalDataError(f"{options.data}: no dataset.json there; evaluation reads a dataset folder built "
                                 "by `avtools build-dataset` (local, http(s):// or s3://)")
+        check_dataset_name(dataset, self.info, options.data)
         self.splits = [name for name, s in self.info["splits"].items() if s["shards"]]
-        self.data_identity = cache_key(self.info)  # what feature caches know of the data: dataset.json
+        # what feature caches know of the data: dataset.json and each shard's size and time (or ETag)
+        self.data_identity = cache_key(self.info, shard_stamps(self.url, shard_names(self.info)))
         self.cache_hits = self.cache_misses = 0
         self.autocast = AUTOCAST[options.precision] if device.type == "cuda" else None
+        self.read: dict[tuple[str, str, str], int] = {}  # (modality, fold, role) -> samples read
+        # CPU convolutions unfold their input (R(2+1)D-18 at 16x112x112: ~0.1 GB per clip), CUDA's do not
+        self.max_clips = options.max_clips or (64 if device.type == "cuda" else 16)
 
     @property
     def rank(self) -> int:
@@ -98,11 +108,12 @@ class Engine:
     def modalities(self, requested: str | None) -> tuple[str, ...]:
         """`--modality` (or the dataset's default), keeping only what the encoders have."""
         wanted = self.dataset.modalities if requested in (None, "", "all") else tuple(requested.split(","))
-        has_audio = "audio" in self.encoders.method.encoders()
-        usable = tuple(m for m in wanted if m == "video" or has_audio)
+        has = set(self.encoders.method.encoders())
+        needs = {"video": {"video"}, "audio": {"audio"}, "fused": {"video", "audio"}}
+        usable = tuple(m for m in wanted if needs.get(m, {m}) <= has)
         if not usable:
-            raise EvalDataError(f"{self.encoders.config.method_name} has no audio encoder: {'/'.join(wanted)} "
-                                "cannot be evaluated")
+            raise EvalDataError(f"{self.encoders.config.method_name} has {' and '.join(sorted(has)) or 'no'} "
+                                f"encoder(s): {'/'.join(wanted)} cannot be evaluated")
         return usable
 
     def train_views(self):
@@ -141,6 +152,10 @@ class Engine:
             return Features.load(path)
         self.cache_misses += 1
         features = compute()
+        broken = int(sum(not np.isfinite(row).all() for row in features.features))
+        if broken:
+            raise EvalDataError(f"{what}: {broken} of {len(features)} samples have NaN or infinite features; the "
+                                f"checkpoint {self.encoders.source} holds non-finite weights (check it, or an earlier step)")
         if self.rank == 0:
             features.save(path)
         return features
@@ -157,7 +172,7 @@ class Engine:
         with _progress(f"features {self.dataset.name}/{split} ({spec.modality})", source.num_samples) as advance:
             return extract(embed, stream, self.augment(spec), self.autocast, train_views=spec.augment_seed is not None,
                            normalize_clips=spec.normalize_clips, keep_clips=spec.keep_clips,
-                           thumbs=spec.modality != "audio", progress=advance)
+                           thumbs=spec.modality != "audio", progress=advance, max_clips=self.max_clips)
 
     def fold_features(self, recipe, folds, modalities):
         """(modality, spec, features, fold, train, test) for every modality and fold: the features of the
@@ -166,23 +181,49 @@ class Engine:
             spec = feature_spec(recipe, modality)
             features = self.features(spec)
             for fold in folds:
-                yield (modality, spec, features, fold, *self.fold_indices(features, fold))
+                yield (modality, spec, features, fold, *self.fold_indices(features, fold, modality))
 
-    def fold_indices(self, features: Features, fold: str) -> tuple[np.ndarray, np.ndarray]:
-        """(train, test) sample indices of `fold`."""
-        roles = np.array([self.dataset.role(split, codes, fold, self.splits)
-                          for split, codes in zip(features.splits, features.folds)], dtype=object)
-        train, test = np.flatnonzero(roles == "train"), np.flatnonzero(roles == "test")
-        if len(train) == 0 or len(test) == 0:
-            raise EvalDataError(f"{self.dataset.name} split {fold}: {len(train)} train and {len(test)} test samples "
-                                f"in {self.url}; is this a {self.dataset.name} dataset?")
-        return train, test
+    def fold_indices(self, features: Features, fold: str, modality: str,
+                     roles: tuple[str, ...] = ("train", "test")) -> tuple[np.ndarray, ...]:
+        """The sample indices of each of `roles` in `fold` (recorded as read for the rows' coverage); the train
+        samples must hold two classes at least, or no classifier, kNN or retrieval means anything."""
+        role_of = np.array([self.dataset.role(split, codes, fold, self.splits)
+                            for split, codes in zip(features.splits, features.folds)], dtype=object)
+        picked = tuple(np.flatnonzero(role_of == role) for role in roles)
+        for role, index in zip(roles, picked):
+            self.read[(modality, fold, role)] = len(index)
+            if len(index) == 0:
+                raise EvalDataError(f"{self.dataset.name} split {fold}: no {role} samples could be read from "
+                                    f"{self.url} (dataset.json lists {self.dataset.coverage(self.info, fold, role)[1]}); "
+                                    f"is this a {self.dataset.name} dataset with its shards in place?")
+        if "train" in roles:
+            classes = np.unique(features.labels[picked[roles.index("train")]])
+            if len(classes) < 2:
+                raise EvalDataError(f"{self.dataset.name} split {fold}: every train sample read has the same class "
+                                    f"({self.class_name(int(classes[0]))}); a protocol needs two classes at least")
+        return picked
+
+    def class_name(self, index: int) -> str:
+        names = self.class_names()
+        return names[index] if 0 <= index < len(names) else str(index)
+
+    def coverage(self, fold: str, modality: str) -> dict:
+        """Per role of `fold`: the samples the official lists name (expected), the shards hold (available)
+        and this evaluation read (where it counted them)."""
+        out = {}
+        for role in ("train", "test"):
+            expected, available = self.dataset.coverage(self.info, fold, role)
+            out[role] = {"expected": expected, "available": available}
+            if (modality, fold, role) in self.read:
+                out[role]["read"] = self.read[(modality, fold, role)]
+        return out
 
     def row(self, fold: str, protocol: str, modality: str, metrics: dict, recipe, spec: FeatureSpec | None = None,
             **extra) -> Row:
         settings = {"recipe": dataclasses.asdict(recipe), "data": self.url}
         if spec is not None:
             settings["features"] = dataclasses.asdict(spec)
+        extra = {"coverage": self.coverage(fold, modality), **extra}
         return Row(self.dataset.name, fold, protocol, modality, metrics, settings, self.encoders.describe, extra)
 
     def figure_path(self, name: str) -> Path:
@@ -191,12 +232,37 @@ class Engine:
         return path
 
 
+def check_dataset_name(dataset: EvalDataset, info: dict, data: str) -> None:
+    """Rows are labelled with the requested dataset: it must be the one built there (or `folder`, any data)."""
+    built = info.get("name")
+    if dataset.name != "folder" and built != dataset.name:
+        raise EvalDataError(f"{data} holds a {built!r} dataset (its dataset.json), not {dataset.name!r}: evaluate it "
+                            f"as `avtools eval {built}` or `avtools eval folder`, or pass the {dataset.name} data")
+
+
+def coverage_shortfalls(rows: list[Row]) -> list[str]:
+    """One line per (dataset, split, modality) whose rows read fewer samples than the official lists name."""
+    lines = {}
+    for row in (r for r in rows if r.split != "mean"):
+        parts = []
+        for role, counts in row.extra.get("coverage", {}).items():
+            got = counts.get("read", counts["available"])
+            if got < counts["expected"]:
+                parts.append(f"{got:,}/{counts['expected']:,} {role}")
+        if parts:
+            key = (row.dataset, row.split, row.modality)
+            lines[key] = (f"warning: {row.dataset} split {row.split} ({row.modality}) covers {' and '.join(parts)} "
+                          "samples: the numbers are not comparable with published ones (see the rows' coverage)")
+    return list(lines.values())
+
+
 def mean_row(rows: list[Row]) -> Row:
     """The mean over folds of rows that differ only in their fold, with per-fold values kept."""
     first = rows[0]
     metrics = {k: float(np.mean([r.metrics[k] for r in rows])) for k in first.metrics}
     per_fold = {r.split: r.metrics for r in rows}
-    return dataclasses.replace(first, split="mean", metrics=metrics, extra={"per_split": per_fold})
+    coverage = {r.split: r.extra.get("coverage") for r in rows}
+    return dataclasses.replace(first, split="mean", metrics=metrics, extra={"per_split": per_fold, "coverage": coverage})
 
 
 def with_means(rows: list[Row]) -> list[Row]:

@@ -1,17 +1,21 @@
 """`avtools eval DATASET --protocol P --checkpoint RUN --data DIR`: one entry point for every protocol.
 
 Loads the encoders, resolves the protocol's recipe (published defaults < `--set protocol.KEY=VALUE`), prints
-both, runs the protocol on the requested folds and modalities, and adds the mean over folds.
+both, runs the protocol on the requested folds and modalities, adds the mean over folds, warns where the rows
+cover less than the official splits, and stamps every row with its provenance.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib
+import importlib.metadata
 import json
+from pathlib import Path
 
-from avcl.eval.datasets import DATASETS
+from avcl.eval.datasets import DATASETS, EvalDataError
 from avcl.eval.encoders import load_encoders
-from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, Row, with_means
+from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, Row, coverage_shortfalls, with_means
 from avcl.train.config import ConfigError, build_section, merge, named_preset, parse_override
 from avcl.train.loop import setup
 
@@ -42,6 +46,16 @@ class EvalRequest:
     device: str = "auto"
     options: EvalOptions | None = None
     preset: str | None = None  # a named preset: its [protocol] keys the recipe has, and (random) its model
+    backbone: str | None = None  # a plain state_dict's backbone (default: inferred from its keys and shapes)
+    checkpoint_format: str | None = None  # a released checkpoint's layout (gdt, selavi, xdc, torchvision)
+    command: str = ""  # the command line, for the rows' provenance
+
+    def as_dict(self) -> dict:
+        """The request with its types kept (None stays null, lists stay lists), paths as strings."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        if self.options is not None:
+            values["options"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.options).items()}
+        return values
 
 
 def split_overrides(overrides: list[str]) -> tuple[dict, list[str]]:
@@ -68,20 +82,41 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
     load_protocols()
     dataset = DATASETS.get(request.dataset)
     protocol = PROTOCOLS.get(request.protocol or DEFAULT_PROTOCOL.get(dataset.name, "linear"))
+    if protocol.kinds and dataset.kind not in protocol.kinds:
+        serving = [d for d in DATASETS.names() if DATASETS.get(d).kind in protocol.kinds]
+        raise EvalDataError(f"protocol {protocol.name} cannot be asked of {dataset.name}: it serves "
+                            f"{', '.join(serving)}; for {dataset.name} use linear, knn, retrieval or finetune")
     recipe_values, model_overrides = split_overrides(request.overrides)
     if model_overrides and request.checkpoint != "random":
         raise ConfigError(f"{model_overrides}: model settings apply to --checkpoint random only; protocol "
                           "settings are written protocol.KEY=VALUE")
     recipe = build_section(protocol.recipe, merge(preset_recipe(request.preset, protocol.recipe), recipe_values),
                            "protocol")
-    ctx = setup(request.device)
-    encoders = load_encoders(request.checkpoint, request.method, model_overrides, ctx.device, request.preset)
-    engine = Engine(dataset, encoders, request.options or EvalOptions(data=request.data), ctx.device)
     folds = dataset.resolve_folds(request.splits)
-    modalities = ("audio",) if protocol.name == "esc50" else engine.modalities(request.modality)
+    ctx = setup(request.device)
+    encoders = load_encoders(request.checkpoint, request.method, model_overrides, ctx.device, request.preset,
+                             request.backbone, request.checkpoint_format)
+    engine = Engine(dataset, encoders, request.options or EvalOptions(data=request.data), ctx.device)
+    if protocol.needs_labels and engine.num_classes < 2:
+        raise EvalDataError(f"{request.data} holds one class ({', '.join(engine.class_names()) or 'none'}): "
+                            f"{protocol.name} needs two classes at least")
+    modalities = protocol.modalities or engine.modalities(request.modality)
     if ctx.main:
         log(f"{protocol.name} on {dataset.name} split(s) {', '.join(folds)}, {', '.join(modalities)}; "
             f"{json.dumps(encoders.describe)}")
         log(f"protocol settings: {json.dumps(dataclasses.asdict(recipe))}")
     rows = with_means(protocol.run(engine, recipe, folds, modalities))
+    stamp = provenance(request, encoders.config.to_dict(), dataclasses.asdict(recipe))
+    rows = [dataclasses.replace(row, provenance=stamp) for row in rows]
+    if ctx.main:
+        for line in coverage_shortfalls(rows):
+            log(line)
     return rows, engine
+
+
+def provenance(request: EvalRequest, model_config: dict, recipe: dict) -> dict:
+    """What a row needs to be reproduced: avtools' version, the UTC time, the command and the resolved config."""
+    return {"avtools": importlib.metadata.version("avtools"),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": request.command, "request": request.as_dict(),
+            "config": {"model": model_config, "protocol": recipe}}

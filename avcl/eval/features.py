@@ -29,15 +29,17 @@ from avcl.methods.losses import world
 log = logging.getLogger("avcl.eval")
 
 THUMB = 48  # pixels: the thumbnails retrieval figures show
+MAX_CLIPS = 16  # clips (and crops) through augmentation and encoder at once: memory does not grow with clips per video
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
     modality: str = "video"  # video | audio | fused
-    layer: str = "gap"  # gap | conv5-max (video) | conv5 (audio)
+    layer: str = "gap"  # gap | conv5-max-vcop | conv5-max-tcgl (video) | conv5 (audio)
     clips: int = 10  # evenly spaced (or random with augment_seed) per sample
     crops: int = 1  # 1 centre | 3 left-centre-right
     frames: int = 16
+    fps: float = 0.0  # rate clips are sampled at from the stored frames (0: the stored rate, consecutive frames)
     size: int = 112
     audio_seconds: float = 0.0  # 0: the training config's
     normalize_clips: bool = True  # L2-normalise each clip's feature before averaging
@@ -86,8 +88,9 @@ def cache_key(*parts) -> str:
 @torch.no_grad()
 def extract(embed, stream: EvalStream, augment: DeviceAugment, autocast_dtype: torch.dtype | None = None,
             train_views: bool = False, normalize_clips: bool = False, keep_clips: bool = False,
-            thumbs: bool = False, progress=None) -> Features:
-    """Features of the stream's valid samples; `embed` maps augmented inputs to [B, K, D]."""
+            thumbs: bool = False, progress=None, max_clips: int = MAX_CLIPS) -> Features:
+    """Features of the stream's valid samples; `embed` maps augmented inputs to [B, K, D]. A batch goes
+    through augmentation and `embed` in parts of at most `max_clips` clips (one sample at least)."""
     device = augment.mean.device
     parts: dict[str, list] = {"keys": [], "labels": [], "folds": [], "features": [], "thumbs": []}
     generator = torch.Generator().manual_seed(0)
@@ -95,13 +98,15 @@ def extract(embed, stream: EvalStream, augment: DeviceAugment, autocast_dtype: t
         valid = batch["valid"].bool()
         if thumbs:
             parts["thumbs"].append(_thumbnails(batch["video"][valid]))
-        inputs = augment(batch, train=train_views, generator=generator)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            out = embed(inputs).float()
-        if normalize_clips:
-            out = F.normalize(out, dim=-1)
-        if not keep_clips:
-            out = out.mean(1)
+        outputs = []
+        for part in sub_batches(batch, max(1, max_clips // _clips_per_sample(batch, augment))):
+            inputs = augment(part, train=train_views, generator=generator)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                out = embed(inputs).float()
+            if normalize_clips:
+                out = F.normalize(out, dim=-1)
+            outputs.append(out if keep_clips else out.mean(1))
+        out = torch.cat(outputs)
         parts["features"].append(out[valid.to(device)].cpu())
         parts["labels"].append(batch["label"][valid])
         parts["folds"].append(batch["folds"][valid])
@@ -116,6 +121,20 @@ def extract(embed, stream: EvalStream, augment: DeviceAugment, autocast_dtype: t
         return Features(np.array([], str), np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 0), np.float32))
     pick = lambda name: gathered[name].numpy()[order] if name in gathered else None  # noqa: E731
     return Features(np.array(keys, dtype=str)[order], pick("labels"), pick("folds"), pick("features"), pick("thumbs"))
+
+
+def _clips_per_sample(batch: dict, augment: DeviceAugment) -> int:
+    """Clips one sample sends through the encoder: its views, times the test crops of each video view."""
+    if "video" in batch:
+        return batch["video"].shape[1] * augment.video_config.test_crops
+    return batch["audio"].shape[1]
+
+
+def sub_batches(batch: dict, samples: int):
+    """A collated batch cut into batches of `samples` samples (tensors and lists alike)."""
+    size = len(batch["valid"])
+    for start in range(0, size, samples):
+        yield {key: value[start:start + samples] for key, value in batch.items()}
 
 
 def _thumbnails(video: torch.Tensor) -> torch.Tensor:
@@ -157,7 +176,7 @@ def feature_spec(recipe, modality: str, **changes) -> FeatureSpec:
     names = {f.name for f in dataclasses.fields(FeatureSpec)}
     values = {k: v for k, v in dataclasses.asdict(recipe).items() if k in names}
     layer = values.get("layer", "gap")
-    if modality != "video" and layer == "conv5-max":  # the audio encoder has no VCOP pooling
+    if modality != "video" and layer.startswith("conv5-max"):  # the audio encoder has no VCOP pooling
         values["layer"] = "gap"
     return FeatureSpec(modality=modality, **(values | changes))
 
@@ -168,7 +187,7 @@ def feature_views(spec: FeatureSpec, train_spec: ViewSpec) -> ViewSpec:
     random_views = spec.augment_seed is not None
     return dataclasses.replace(
         train_spec, clips=spec.clips if random_views else train_spec.clips, test_clips=0 if random_views else spec.clips,
-        frames=spec.frames, speeds=(1,), directions=(1,), disjoint=False, tuple_gap=None, inter_order=False,
+        frames=spec.frames, fps=spec.fps, speeds=(1,), directions=(1,), disjoint=False, tuple_gap=None, inter_order=False,
         audio=spec.modality in ("audio", "fused"), video=spec.modality != "audio",
         audio_seconds=spec.audio_seconds or train_spec.audio_seconds)
 

@@ -27,6 +27,7 @@ def supervised_rows(engine: Engine, recipe: SupervisedRecipe, folds, modalities,
     for modality in modalities:
         for fold in folds:
             probs = test_probabilities(engine, recipe, fold, modality)
+            engine.read[(modality, fold, "test")] = len(probs)
             labels = probs.labels
             predicted = probs.features.argmax(1)
             per_class = per_class_accuracy(predicted, labels, engine.num_classes)
@@ -34,7 +35,7 @@ def supervised_rows(engine: Engine, recipe: SupervisedRecipe, folds, modalities,
                        "top5": 100 * classify.topk_accuracy(probs.features, labels, 5),
                        "mean_class": 100 * float(np.nanmean(per_class))}
             names = engine.class_names()
-            extra = {"test": len(labels), "per_class": {names[c] if c < len(names) else str(c): float(a)
+            extra = {"per_class": {names[c] if c < len(names) else str(c): float(a)
                                                          for c, a in enumerate(per_class) if not np.isnan(a)}}
             if engine.rank == 0:
                 path = engine.figure_path(f"{protocol}-{engine.dataset.name}-split{fold}-{modality}-confusion.png")

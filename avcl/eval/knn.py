@@ -1,9 +1,13 @@
 """`--protocol knn`: weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018).
 
 Each of the k most cosine-similar train samples votes for its class with weight exp(cos / τ), τ = 0.07;
-k = 1, 20 and 200 on the retrieval features (protocols.md §5). Neighbours tied in similarity are taken in
-sample order and tied votes go to the lower class index, so results are deterministic. The same function is
-the training run's online monitor (leave-one-out on the validation shards).
+k = 1, 20 and 200 on the retrieval features (protocols.md §5), top-1 and top-5 of the votes. Neighbours tied
+in similarity are taken in sample order and tied votes go to the lower class index, so results are
+deterministic. The same function is the training run's online monitor (leave-one-out on the validation shards).
+
+Neighbours come from a top-k with that stable tie-break, never a full sort of the similarities: a chunk of
+queries costs its [chunk, bank] similarities and a few masks of the same shape, so 200,000 x 512 features
+stay under 4 GB (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -12,31 +16,58 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from avcl.eval import classify
 from avcl.eval.engine import Engine, register_protocol
+
+CHUNK = 256  # queries per similarity block
+
+
+def stable_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) [Q, k] of each row's k largest entries, equal values in index order (what a stable
+    descending sort gives), without sorting whole rows."""
+    k = min(k, sims.shape[1])
+    kth = sims.topk(k, dim=1).values[:, -1:]
+    above = sims > kth
+    tied = sims == kth
+    room = k - above.sum(1, keepdim=True, dtype=torch.int32)
+    take = above | (tied & (tied.cumsum(1, dtype=torch.int32) <= room))
+    index = take.nonzero()[:, 1].view(len(sims), k)  # row by row, ascending index
+    values = sims.gather(1, index)
+    order = values.argsort(dim=1, descending=True, stable=True)
+    return values.gather(1, order), index.gather(1, order)
 
 
 def top_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False,
-                   offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, indices) [Q, k] of the k most cosine-similar bank rows; ties in bank order."""
-    sims = F.normalize(queries.float(), dim=1) @ F.normalize(bank.float(), dim=1).t()
-    if exclude_self:
-        rows = torch.arange(len(sims))
-        sims[rows, rows + offset] = float("-inf")
-    values, index = torch.sort(sims, dim=1, descending=True, stable=True)
-    return values[:, :k], index[:, :k]
+                   chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices) [Q, k] of the k most cosine-similar bank rows; ties in bank order.
+    `exclude_self` drops each query's own entry (queries == bank, leave-one-out)."""
+    bank = F.normalize(bank.float(), dim=1)
+    queries = F.normalize(queries.float(), dim=1)
+    values, indices = [], []
+    for start in range(0, len(queries), chunk):
+        sims = queries[start:start + chunk] @ bank.t()
+        if exclude_self:
+            rows = torch.arange(len(sims))
+            sims[rows, rows + start] = float("-inf")
+        top = stable_top_k(sims, k)
+        values.append(top[0])
+        indices.append(top[1])
+    if not values:
+        return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
+    return torch.cat(values), torch.cat(indices)
+
+
+def votes(top: torch.Tensor, labels: torch.Tensor, classes: int, tau: float) -> torch.Tensor:
+    """[Q, classes] summed exp(cos / tau) per class of neighbours with similarities `top` and labels `labels`."""
+    out = torch.zeros(len(top), classes, dtype=torch.float64)
+    return out.scatter_add_(1, labels, (top.double() / tau).exp())
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, classes: int, k: int = 20,
-                tau: float = 0.07, exclude_self: bool = False, chunk: int = 1024) -> torch.Tensor:
-    """[Q] predicted labels; `exclude_self` drops each query's own entry (queries == bank, leave-one-out)."""
-    k = min(k, len(bank) - int(exclude_self))
-    predictions = []
-    for start in range(0, len(queries), chunk):
-        top, index = top_neighbours(queries[start:start + chunk], bank, k, exclude_self, start)
-        votes = torch.zeros(len(top), classes)
-        votes.scatter_add_(1, bank_labels[index], (top / tau).exp())
-        predictions.append(votes.argmax(1))
-    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+                tau: float = 0.07, exclude_self: bool = False) -> torch.Tensor:
+    """[Q] predicted labels: the class with the most votes of the k nearest (ties: the lower class index)."""
+    top, index = top_neighbours(queries, bank, min(k, len(bank) - int(exclude_self)), exclude_self)
+    return votes(top, bank_labels[index], classes, tau).argmax(1)
 
 
 def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: float = 0.07) -> float:
@@ -55,19 +86,23 @@ class KnnRecipe:
     clips: int = 10
     crops: int = 1
     frames: int = 16
+    fps: float = 0.0  # the retrieval features: consecutive stored frames
     size: int = 112
-    layer: str = "conv5-max"  # the retrieval features (protocols.md §5); gap also possible
+    layer: str = "conv5-max-vcop"  # the retrieval features (protocols.md §5); gap also possible
     normalize_clips: bool = False
 
 
-@register_protocol("knn", KnnRecipe, "weighted kNN (k = 1, 20, 200) on the retrieval features")
+@register_protocol("knn", KnnRecipe, "weighted kNN (k = 1, 20, 200; top-1 and top-5) on the retrieval features")
 def run(engine: Engine, recipe: KnnRecipe, folds, modalities) -> list:
     rows = []
     for modality, spec, features, fold, train, test in engine.fold_features(recipe, folds, modalities):
         x, y = torch.from_numpy(features.features), torch.from_numpy(features.labels)
+        top, index = top_neighbours(x[test], x[train], max(recipe.ks))  # once: the k nearest are a prefix
+        neighbour_labels = y[train][index]
         metrics = {}
         for k in recipe.ks:
-            predicted = knn_predict(x[train], y[train], x[test], engine.num_classes, k, recipe.tau)
-            metrics[f"top1@k{k}"] = 100 * (predicted == y[test]).float().mean().item()
-        rows.append(engine.row(fold, "knn", modality, metrics, recipe, spec, train=len(train), test=len(test)))
+            scores = votes(top[:, :k], neighbour_labels[:, :k], engine.num_classes, recipe.tau).numpy()
+            metrics[f"top1@k{k}"] = 100 * classify.topk_accuracy(scores, y[test].numpy(), 1)
+            metrics[f"top5@k{k}"] = 100 * classify.topk_accuracy(scores, y[test].numpy(), 5)
+        rows.append(engine.row(fold, "knn", modality, metrics, recipe, spec, layer=spec.layer))
     return rows

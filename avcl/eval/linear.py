@@ -1,9 +1,11 @@
 """`--protocol linear`: a linear classifier on frozen, clip-averaged features (avtools' default linear probe).
 
-protocols.md §2: features of 10 uniformly spaced clips per video (centre crop), GAP, L2-normalised, averaged;
-then logistic regression (or a linear SVM, `classifier = "svm"`) on standardised features, C chosen on a
-held-out 10 % of train and refitted on all of train. Video-level top-1 and top-5 per split, and their mean.
-`--protocol linear-svm-tcgl` is TCGL's setting: liblinear L2-loss SVM, C = 100, raw clip-averaged GAP features.
+Features of 10 uniformly spaced 16-frame clips per video sampled at 16 fps (AVID/SEVERE's rate, from the
+stored frames whatever rate the data has; centre crop), GAP, L2-normalised, averaged; then logistic regression
+(or a linear SVM, `classifier = "svm"`) on standardised features, C chosen on a held-out 10 % of train and
+refitted on all of train. Video-level top-1 and top-5 per split, and their mean.
+`--protocol linear-svm-tcgl` is TCGL's setting exactly: 16 consecutive stored frames per clip, raw
+clip-averaged GAP features, liblinear `-s 2 -c 100` without a bias term (classify's `svm-tcgl`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from avcl.eval.engine import Engine, register_protocol
 
 @dataclasses.dataclass
 class LinearRecipe:
-    classifier: str = "logreg"  # logreg | svm
+    classifier: str = "logreg"  # logreg | svm | svm-tcgl
     c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     holdout: float = 0.1  # share of train held out to choose C
     standardize: bool = True
@@ -24,16 +26,18 @@ class LinearRecipe:
     clips: int = 10
     crops: int = 1
     frames: int = 16
+    fps: float = 16.0
     size: int = 112
-    layer: str = "gap"  # gap | conv5-max
+    layer: str = "gap"  # gap | conv5-max-vcop | conv5-max-tcgl
     normalize_clips: bool = True
 
 
 @dataclasses.dataclass
 class TCGLSVMRecipe(LinearRecipe):
-    classifier: str = "svm"
+    classifier: str = "svm-tcgl"
     c_grid: tuple[float, ...] = (100.0,)
     standardize: bool = False
+    fps: float = 0.0  # consecutive stored frames
     normalize_clips: bool = False
 
 
@@ -42,7 +46,7 @@ def run(engine: Engine, recipe: LinearRecipe, folds, modalities) -> list:
     return linear_rows(engine, recipe, folds, modalities, "linear")
 
 
-@register_protocol("linear-svm-tcgl", TCGLSVMRecipe, "TCGL/VCOP liblinear SVM (C = 100) on clip-averaged GAP features")
+@register_protocol("linear-svm-tcgl", TCGLSVMRecipe, "TCGL's liblinear -s 2 -c 100 (no bias) on clip-averaged GAP features")
 def run_tcgl(engine: Engine, recipe: TCGLSVMRecipe, folds, modalities) -> list:
     return linear_rows(engine, recipe, folds, modalities, "linear-svm-tcgl")
 
@@ -56,6 +60,5 @@ def linear_rows(engine: Engine, recipe: LinearRecipe, folds, modalities, protoco
         labels = features.labels[test]
         metrics = {"top1": 100 * classify.topk_accuracy(scores, labels, 1),
                    "top5": 100 * classify.topk_accuracy(scores, labels, 5)}
-        rows.append(engine.row(fold, protocol, modality, metrics, recipe, spec, c=fitted.c,
-                               train=len(train), test=len(test)))
+        rows.append(engine.row(fold, protocol, modality, metrics, recipe, spec, c=fitted.c))
     return rows

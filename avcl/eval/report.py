@@ -1,12 +1,16 @@
-"""Result rows to a rich table and results.json; `--compare` puts several results files side by side.
+"""Result rows to a rich table and results.json; `--compare` puts results files side by side, with gains
+against a baseline column and the published rows for the same dataset, protocol and backbone.
 
-results.json: {"rows": [Row...], "command": ..., "config": {...}}. Every row names dataset, split, protocol,
-modality, its metrics, the full protocol settings and the encoder (checkpoint, hash, method, step).
+results.json: {"rows": [Row...], "request": {...}, ...}. Every row names dataset, split, protocol, modality,
+its metrics, the full protocol settings, the encoder (checkpoint, hash, method, step), its coverage of the
+official splits and its provenance (avtools version, UTC time, command line, resolved config).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -14,35 +18,59 @@ from rich.table import Table
 
 from avcl.eval.engine import Row
 
+ROW_FIELDS = ("dataset", "split", "protocol", "modality", "metrics", "settings", "encoder")
+
+
+class ResultsError(ValueError):
+    """A file that is not an avtools results file, or a --compare request that cannot be met."""
+
 
 def label(row: dict) -> str:
-    family = row.get("extra", {}).get("family")
-    return row["protocol"] + (f"/{family}" if family else "")
+    extra = row.get("extra", {})
+    family = extra.get("family")
+    layer = extra.get("layer")
+    return row["protocol"] + (f"/{family}" if family else "") + (f" ({layer})" if layer else "")
 
 
 def metrics_text(metrics: dict) -> str:
     return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
 
 
+def encoder_text(encoder: dict) -> str:
+    checkpoint = encoder["checkpoint"]
+    where = "random" if checkpoint == "random" else (Path(checkpoint).parent.name or checkpoint)
+    return f"{encoder['method']} {where} step {encoder['step']}"
+
+
+def coverage_text(row: dict) -> str:
+    """Samples read (or available) against those the official lists name, over the row's roles."""
+    coverage = row.get("extra", {}).get("coverage") or {}
+    if row["split"] == "mean":
+        coverage = {f"{split}/{role}": counts for split, roles in coverage.items() for role, counts in (roles or {}).items()}
+    got = sum(c.get("read", c["available"]) for c in coverage.values())
+    expected = sum(c["expected"] for c in coverage.values())
+    return f"{100 * got / expected:.1f}% ({got:,}/{expected:,})" if expected else "-"
+
+
 def table(rows: list[dict], title: str) -> Table:
     out = Table(title=title, title_justify="left")
-    for column in ("dataset", "split", "protocol", "modality", "metrics", "encoder"):
+    for column in ("dataset", "split", "protocol", "modality", "metrics", "coverage", "encoder"):
         out.add_column(column, overflow="fold")
     for row in rows:
-        encoder = row["encoder"]
         out.add_row(row["dataset"], row["split"], label(row), row["modality"], metrics_text(row["metrics"]),
-                    f"{encoder['method']} {Path(encoder['checkpoint']).parent.name or encoder['checkpoint']} "
-                    f"step {encoder['step']}")
+                    coverage_text(row), encoder_text(row["encoder"]))
     return out
 
 
 def print_rows(rows: list[Row], console: Console | None = None) -> None:
+    """The result table, the settings behind it, and the published rows for the same protocol and backbone."""
     console = console or Console()
     plain = [dataclasses.asdict(r) for r in rows]
     console.print(table(plain, "avtools eval"))
     settings = {json.dumps(r["settings"], sort_keys=True) for r in plain}
     for text in sorted(settings):
         console.print("[dim]settings:[/] " + text, soft_wrap=True)
+    print_references(plain, console)
 
 
 def save(rows: list[Row], path: Path, meta: dict) -> None:
@@ -53,33 +81,159 @@ def save(rows: list[Row], path: Path, meta: dict) -> None:
     tmp.replace(path)
 
 
-def compare(paths: list[Path], console: Console | None = None) -> Table:
-    """One line per (dataset, split, protocol, modality), one column per results file: the paper's table."""
+def load_rows(path: Path) -> list[dict]:
+    """The rows of an avtools results file; anything else is a ResultsError naming the file and what is wrong."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: cannot read it as JSON ({exc})") from None
+    rows = document.get("rows") if isinstance(document, dict) else None
+    if not isinstance(rows, list):
+        raise ResultsError(f"{path}: not an avtools results file (no list of rows); pass the results.json that "
+                           "`avtools eval --out` writes")
+    for i, row in enumerate(rows):
+        missing = [f for f in ROW_FIELDS if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise ResultsError(f"{path}: row {i} lacks {', '.join(missing)}: not an avtools results file; pass the "
+                               "results.json that `avtools eval --out` writes")
+        if not isinstance(row["metrics"], dict) or not all(isinstance(v, (int, float)) for v in row["metrics"].values()):
+            raise ResultsError(f"{path}: row {i} has metrics that are not numbers")
+    return rows
+
+
+@dataclasses.dataclass
+class Column:
+    name: str
+    path: Path
+    rows: list[dict]
+
+
+def columns(paths: list[Path]) -> list[Column]:
+    """One column per file, named by run folder and step; where two would share a name, by the shortest end
+    of their paths that tells them apart (the whole path, then a number, for the same file twice)."""
+    loaded = [(Path(p), load_rows(p)) for p in paths]
+    names = [_run_name(rows) or path.name for path, rows in loaded]
+    clashing = [i for i, name in enumerate(names) if names.count(name) > 1]
+    for i, short in zip(clashing, _distinct_ends([loaded[i][0] for i in clashing])):
+        names[i] = short
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        names[i] = name if seen[name] == 1 else f"{name} #{seen[name]}"
+    return [Column(name, path, rows) for name, (path, rows) in zip(names, loaded)]
+
+
+def _distinct_ends(paths: list[Path]) -> list[str]:
+    """For each path its last n parts, n the smallest that makes them distinct (all parts if none does)."""
+    for n in range(1, max((len(p.parts) for p in paths), default=0) + 1):
+        ends = [str(Path(*p.parts[-n:])) for p in paths]
+        if len(set(ends)) == len(ends):
+            return ends
+    return [str(p) for p in paths]
+
+
+def _run_name(rows: list[dict]) -> str | None:
+    encoders = {encoder_text(r["encoder"]) for r in rows}
+    return encoders.pop() if len(encoders) == 1 else None
+
+
+def row_key(row: dict) -> tuple:
+    return row["dataset"], row["split"], label(row), row["modality"]
+
+
+def pick_baseline(baseline: str | None, cols: list[Column]) -> Column | None:
+    """--baseline as a column name, a 1-based column number or a file path given to --compare."""
+    if baseline is None:
+        return None
+    for i, col in enumerate(cols, start=1):
+        if baseline in (col.name, str(i), str(col.path)) or Path(baseline) == col.path:
+            return col
+    listed = "; ".join(f"{i}: {c.name}" for i, c in enumerate(cols, start=1))
+    raise ResultsError(f"--baseline {baseline!r} is none of the columns ({listed}); give a name, number or file")
+
+
+def compare(paths: list[Path], console: Console | None = None, baseline: str | None = None,
+            references: bool = False) -> Table:
+    """One line per (dataset, split, protocol, modality, metric), one column per results file, a gain column
+    per other file against the baseline; warnings for protocol settings that differ between columns."""
     console = console or Console()
-    columns, cells, order = [], {}, []
-    for path in paths:
-        try:
-            rows = json.loads(Path(path).read_text())["rows"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path}: not an avtools results.json ({exc})") from None
-        name = _column_name(path, rows)
-        columns.append(name)
-        for row in rows:
-            key = (row["dataset"], row["split"], label(row), row["modality"])
-            if key not in cells:
-                order.append(key)
-            cells.setdefault(key, {})[name] = metrics_text(row["metrics"])
+    cols = columns(paths)
+    base = pick_baseline(baseline, cols)
+    cells: dict[tuple, dict[str, float]] = {}
+    settings: dict[tuple, dict[str, dict]] = {}
+    for col in cols:
+        for row in col.rows:
+            key = row_key(row)
+            settings.setdefault(key, {})[col.name] = row["settings"]
+            for metric, value in row["metrics"].items():
+                cells.setdefault((*key, metric), {})[col.name] = float(value)
     out = Table(title="avtools eval --compare", title_justify="left")
-    for column in ("dataset", "split", "protocol", "modality", *columns):
+    gains = [c for c in cols if base is not None and c is not base]
+    for column in ("dataset", "split", "protocol", "modality", "metric", *(c.name for c in cols),
+                   *(f"gain {c.name} vs {base.name}" for c in gains)):
         out.add_column(column, overflow="fold")
-    for key in order:
-        out.add_row(*key, *(cells[key].get(c, "-") for c in columns))
+    for key, values in cells.items():
+        shown = [f"{values[c.name]:.2f}" if c.name in values else "-" for c in cols]
+        delta = [f"{values[c.name] - values[base.name]:+.2f}" if c.name in values and base.name in values else "-"
+                 for c in gains]
+        out.add_row(*key, *shown, *delta)
     console.print(out)
+    for line in settings_warnings(settings):
+        console.print(f"[yellow]{line}[/]", soft_wrap=True)
+    if references:
+        print_references([row for col in cols for row in col.rows], console)
     return out
 
 
-def _column_name(path: Path, rows: list[dict]) -> str:
-    if rows:
-        encoder = rows[0]["encoder"]
-        return f"{encoder['method']} ({Path(path).parent.name or path})"
-    return str(path)
+def settings_warnings(settings: dict[tuple, dict[str, dict]]) -> list[str]:
+    """A line per compared row whose protocol settings differ between columns, naming the keys."""
+    lines = []
+    for key, by_column in settings.items():
+        flat = {name: _flatten(value) for name, value in by_column.items()}
+        keys = sorted({k for f in flat.values() for k in f if len({json.dumps(g.get(k)) for g in flat.values()}) > 1})
+        if keys:
+            lines.append(f"warning: {' '.join(key)}: protocol settings differ between columns: {', '.join(keys)}")
+    return lines
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def published() -> list[dict]:
+    """manifests/references.toml: the verified published rows."""
+    text = resources.files("manifests").joinpath("references.toml").read_text()
+    return tomllib.loads(text)["reference"]
+
+
+def matching_references(row: dict, refs: list[dict]) -> list[dict]:
+    """The published rows for the row's dataset, protocol and backbone (and retrieval layer)."""
+    encoder = row["encoder"]
+    backbone = encoder.get("audio_backbone") if row["modality"] == "audio" else encoder.get("video_backbone")
+    layer = row.get("extra", {}).get("layer")
+    return [ref for ref in refs if ref["dataset"] == row["dataset"] and ref["protocol"] == row["protocol"]
+            and ref["backbone"] == backbone and ref.get("layer", layer) == layer]
+
+
+def print_references(rows: list[dict], console: Console) -> None:
+    refs = published()
+    shown: dict[int, dict] = {}
+    for row in rows:
+        for ref in matching_references(row, refs):
+            shown[id(ref)] = ref
+    if not shown:
+        return
+    out = Table(title="published rows for the same dataset, protocol and backbone (manifests/references.toml)",
+                title_justify="left")
+    for column in ("method", "pretrain", "dataset", "protocol", "backbone", "input", "splits", "metrics", "source"):
+        out.add_column(column, overflow="fold")
+    for ref in shown.values():
+        out.add_row(ref["method"], ref["pretrain"], ref["dataset"], ref["protocol"] + (f" ({ref['layer']})" if "layer" in ref else ""),
+                    ref["backbone"], ref["input"] or "not stated", ref["splits"], metrics_text(ref["metrics"]),
+                    f"{ref['paper']}; {ref['table']}; {ref['source']}")
+    console.print(out)

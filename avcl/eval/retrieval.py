@@ -1,8 +1,11 @@
 """`--protocol retrieval`: VCOP/PRP/TCGL video retrieval, exactly (protocols.md §4).
 
-Test videos query the train videos: 10 clips of 16 frames per video with centres evenly spaced from 8 to
-n - 8, centre crop 112 of the 128-pixel short side, the conv5 map max-pooled (`layer = "gap"` by option),
-the 10 clip features averaged, cosine similarity. A query is a hit at k when any of its k nearest gallery
+Test videos query the train videos: 10 clips of 16 consecutive stored frames per video (build the data at
+the videos' own rate, `--fps native`) with centres evenly spaced from 8 to n - 8, centre crop 112 of the
+128-pixel short side, the conv5 map max-pooled, the 10 clip features averaged, cosine similarity. Two
+published poolings differ for R(2+1)D, so the layer is named: `conv5-max-vcop` (VCOP's code, the published
+VCOP/VCP/PRP/IIC tables: (1,2,2) for every backbone, 9216-d at 16x112x112) or `conv5-max-tcgl` (TCGL's code:
+(2,5,5) for R(2+1)D, 512-d); `gap` by option. Every row names its layer. A query is a hit at k when any of its k nearest gallery
 videos shares its class; k = 1, 5, 10, 20, 50. Ties in similarity rank the gallery in sample order.
 `vcop_drop_last` drops each side's last incomplete batch of 8 as the reference code does.
 """
@@ -25,24 +28,20 @@ class RetrievalRecipe:
     clips: int = 10
     crops: int = 1
     frames: int = 16
+    fps: float = 0.0  # consecutive stored frames
     size: int = 112
-    layer: str = "conv5-max"  # conv5-max | gap: numbers are not comparable across layers
+    layer: str = "conv5-max-vcop"  # conv5-max-vcop | conv5-max-tcgl | gap: not comparable across layers
     normalize_clips: bool = False  # VCOP averages the raw clip features
     vcop_drop_last: bool = False
     figure_queries: int = 6
 
 
 def hit_rates(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
-              gallery_labels: torch.Tensor, ks, chunk: int = 1024) -> dict[int, float]:
+              gallery_labels: torch.Tensor, ks) -> dict[int, float]:
     """{k: share of queries with a same-class video among their k nearest gallery videos}."""
-    hits = {k: 0 for k in ks}
-    deepest = min(max(ks), len(gallery))
-    for start in range(0, len(queries), chunk):
-        _, index = top_neighbours(queries[start:start + chunk], gallery, deepest)
-        same = gallery_labels[index] == query_labels[start:start + chunk, None]
-        for k in ks:
-            hits[k] += int(same[:, :k].any(dim=1).sum())
-    return {k: hits[k] / max(len(queries), 1) for k in ks}
+    _, index = top_neighbours(queries, gallery, min(max(ks), len(gallery)))
+    same = gallery_labels[index] == query_labels[:, None]
+    return {k: float(same[:, :k].any(dim=1).sum()) / max(len(queries), 1) for k in ks}
 
 
 def drop_last_batch(index: np.ndarray) -> np.ndarray:
@@ -58,7 +57,7 @@ def run(engine: Engine, recipe: RetrievalRecipe, folds, modalities) -> list:
             gallery, queries = drop_last_batch(gallery), drop_last_batch(queries)
         rates = hit_rates(x[queries], y[queries], x[gallery], y[gallery], recipe.ks)
         metrics = {f"R@{k}": 100 * v for k, v in rates.items()}
-        extra = {"gallery": len(gallery), "queries": len(queries)}
+        extra = {"gallery": len(gallery), "queries": len(queries), "layer": spec.layer}
         if features.thumbs is not None and recipe.figure_queries:
             path = engine.figure_path(f"retrieval-{engine.dataset.name}-split{fold}-{modality}.png")
             plot_neighbours(path, features, queries, gallery, x, recipe.figure_queries, engine.class_names())

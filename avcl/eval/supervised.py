@@ -39,6 +39,7 @@ class SupervisedRecipe:
     batch_size: int = 32
     clips_per_video: int = 10  # random training clips per video and epoch
     frames: int = 32
+    fps: float = 16.0  # AVID/SEVERE: clips at 16 fps, from data stored at any rate
     size: int = 112
     crop_scale: tuple[float, float] = (0.4, 1.0)  # multi-scale crop, as a share of the canvas area
     jitter_p: float = 0.8  # colour jitter probability
@@ -120,8 +121,9 @@ def _train_stream(engine: Engine, recipe, fold: str, modality: str, world: int) 
     if recipe.batch_size % world:
         raise ValueError(f"batch_size {recipe.batch_size} must be divisible by the {world} ranks")
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "train", engine.splits)]
-    videos = dataset.count(engine.info, fold, "train")
-    spec = FeatureSpec(modality=modality, clips=1, frames=recipe.frames, size=recipe.size, augment_seed=recipe.seed)
+    videos = dataset.coverage(engine.info, fold, "train")[1]
+    spec = FeatureSpec(modality=modality, clips=1, frames=recipe.frames, fps=recipe.fps, size=recipe.size,
+                       augment_seed=recipe.seed)
     views = feature_views(spec, engine.train_views())
     config = stream_config(recipe.batch_size // world, engine.options.workers)
     config.seed = recipe.seed
@@ -159,14 +161,15 @@ def parse_views(views: str) -> tuple[int, int]:
 
 def _test(engine: Engine, recipe: SupervisedRecipe, model: Classifier, fold: str, modality: str) -> Features:
     clips, crops = parse_views(recipe.views)
-    spec = FeatureSpec(modality=modality, clips=clips, crops=crops, frames=recipe.frames, size=recipe.size)
+    spec = FeatureSpec(modality=modality, clips=clips, crops=crops, frames=recipe.frames, fps=recipe.fps,
+                       size=recipe.size)
     dataset = engine.dataset
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "test", engine.splits)]
     config = stream_config(engine.options.batch_size, engine.options.workers)
     stream = EvalStream(sources, feature_views(spec, engine.train_views()), config,
                         select=dataset.selector(fold, "test", engine.splits))
     softmax = lambda inputs: torch.softmax(model(inputs).float(), dim=-1)  # noqa: E731
-    return extract(softmax, stream, engine.augment(spec), engine.autocast)
+    return extract(softmax, stream, engine.augment(spec), engine.autocast, max_clips=engine.max_clips)
 
 
 def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

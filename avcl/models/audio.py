@@ -1,6 +1,7 @@
 """Audio backbones on log-mel spectrograms [B, 1, mels, frames].
 
 - `resnet18_2d`: torchvision's ResNet-18 layout (conv1/bn1/layer1-4/fc keys) with a 1-channel stem.
+- `resnet9_2d`: the same with one block per stage, GDT's and SeLaVi's audio network (their `resnet9`).
 - `conv2d_10`: AVID-CMA's 10-layer audio network (conv1 + four non-residual two-conv blocks, global max pool),
   with its key names (conv1.0, block1.conv1, ...) so AVID checkpoints load.
 Both have `features(x) -> [B, C, F', T']`, `forward(x)` (pooled, `fc` when built with classes) and `out_dim`.
@@ -90,4 +91,5 @@ class Conv2D10(nn.Module):
 
 
 BACKBONES.register("resnet18_2d")(lambda width=64, num_classes=0: AudioResNet((2, 2, 2, 2), width, num_classes))
+BACKBONES.register("resnet9_2d")(lambda width=64, num_classes=0: AudioResNet((1, 1, 1, 1), width, num_classes))
 BACKBONES.register("conv2d_10")(Conv2D10)

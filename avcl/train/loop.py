@@ -90,7 +90,9 @@ class Trainer:
         self.augment = DeviceAugment(config.video, config.mel, config.spec_augment).to(ctx.device)
         if run.precision not in AUTOCAST:
             raise TrainingError(f"run.precision must be one of {', '.join(AUTOCAST)}, not {run.precision!r}")
-        self.autocast = AUTOCAST[run.precision]
+        # CUDA only: CPU bf16 autocast is emulated on most CPUs, and its conv3d backward gave NaN weight
+        # gradients at random (a finite loss, 1 run in 2 of a 1-step width-4 R(2+1)D run, reproduced on 2.13)
+        self.autocast = AUTOCAST[run.precision] if ctx.device.type == "cuda" else None
         self.lr = optim.lr * config.data.batch_size / optim.base_batch
         self.optimizer = build_optimizer(self.method, optim, self.lr)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=run.precision == "fp16")
@@ -206,7 +208,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     with RunLog(run_dir, total, state["step"], ctx.main) as log:
         log.print(f"[bold]{config.method_name}[/]: {total} steps ({steps_per_epoch}/epoch), global batch "
                   f"{data.batch_size} = {ctx.world} rank(s) x {run.accumulate} x {micro}, lr {trainer.lr:.4g}, "
-                  f"{ctx.device}, {run.precision}; run folder {run_dir}")
+                  f"{ctx.device}, {run.precision if ctx.device.type == 'cuda' else 'fp32'}; run folder {run_dir}")
         while state["step"] < total:
             epoch = state["step"] // steps_per_epoch
             stream = TrainStream(sources, spec, _stream_config(data, micro, ctx, epoch, run.seed + 1_000_003 * state["resumes"]),

@@ -62,6 +62,11 @@ def definitions() -> dict[str, dict]:
     return tomllib.loads(manifest_text("datasets.toml"))
 
 
+def build_defaults(dataset: str) -> dict:
+    """The dataset's own defaults for build options (its `build` table in datasets.toml); {} if unknown."""
+    return dict(definitions().get(dataset, {}).get("build", {}))
+
+
 def manifest_text(relative: str) -> str:
     return resources.files("manifests").joinpath(relative).read_text()
 

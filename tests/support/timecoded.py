@@ -13,8 +13,9 @@ import numpy as np
 
 
 def write_timecoded(path, seconds: float = 20.0, fps: int = 25, size=(160, 120), audio_rate: int = 48000,
-                    gop: int | None = None, audio: bool = True) -> None:
-    """Encode `seconds` of timecoded H.264 (+ AAC) video to `path`; `gop` defaults to 2 s of frames."""
+                    gop: int | None = None, audio: bool = True, silent: bool = False) -> None:
+    """Encode `seconds` of timecoded H.264 (+ AAC) video to `path`; `gop` defaults to 2 s of frames; `silent`
+    writes an audio track of digital silence instead of the bursts."""
     width, height = size
     options = {"movflags": "+faststart"} if str(path).endswith(".mp4") else {}  # index first, as streamed files
     with av.open(str(path), "w", options=options) as out:
@@ -23,7 +24,8 @@ def write_timecoded(path, seconds: float = 20.0, fps: int = 25, size=(160, 120),
         video.codec_context.gop_size = gop or 2 * fps
         video.options = {"preset": "ultrafast", "crf": "18"}
         sound = out.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
-        wave = burst_track(seconds, audio_rate) if audio else None
+        wave = (np.zeros(int(seconds * audio_rate), np.float32) if silent else burst_track(seconds, audio_rate)) \
+            if audio else None
         audio_done, step = 0, 1024
         for k in range(int(round(seconds * fps))):
             rgb = np.empty((height, width, 3), np.uint8)
