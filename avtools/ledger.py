@@ -126,7 +126,7 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
         if row.status != "ok":
             reasons[row.reason] = reasons.get(row.reason, 0) + 1
     settled = sum(1 for c in plan if c.clip_id in rows and not rows[c.clip_id].retryable)
-    folds = _fold_counts(plan, rows)
+    folds = fold_coverage(plan, rows)
     return {
         **params,
         "complete": settled == len(plan),
@@ -138,7 +138,7 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
     }
 
 
-def _fold_counts(plan, rows: dict[str, Row]) -> dict[str, dict[str, dict[str, int]]]:
+def fold_coverage(plan, rows: dict[str, Row]) -> dict[str, dict[str, dict[str, int]]]:
     """Per official split (UCF101/HMDB51 `folds`) and role: the videos its lists name (expected) and how many
     are in the shards (available). Evaluation reads its epoch sizes and coverage from these."""
     folds: dict[str, dict[str, dict[str, int]]] = {}

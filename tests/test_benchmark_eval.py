@@ -400,3 +400,38 @@ def test_an_unknown_layout_lists_the_unmatched_keys(tmp_path):
         torch.save({"model": {"video_network.base.stem.0.weight": torch.zeros(1), "decoder.w": torch.zeros(1)}},
                    tmp_path / "gdt-like.pth")
         load_encoders(str(tmp_path / "gdt-like.pth"), checkpoint_format="gdt")
+
+
+def test_shard_stamps_over_s3_and_http_change_with_the_content(timecoded_dataset, s3_bucket, tmp_path):
+    """The cache key's view of the data on the wire: S3 ETags and HTTP lengths/validators; None when missing."""
+    import boto3
+
+    from avcl.data.sources import shard_names, shard_stamps
+    from tests.support.httpserver import MediaServer
+
+    info = json.loads((timecoded_dataset / "dataset.json").read_text())
+    names = shard_names(info)
+    client = boto3.client("s3")
+    for name in names:
+        client.upload_file(str(timecoded_dataset / name), s3_bucket, f"tc/{name}")
+    before = shard_stamps(f"s3://{s3_bucket}/tc", names + ["absent.tar"])
+    assert before["absent.tar"] is None and all(before[n] and before[n][0] > 0 for n in names)
+    client.upload_file(str(timecoded_dataset / names[1]), s3_bucket, f"tc/{names[0]}")  # other content
+    after = shard_stamps(f"s3://{s3_bucket}/tc", names)
+    assert after[names[0]] != before[names[0]] and after[names[1]] == before[names[1]]
+    with MediaServer(timecoded_dataset) as server:
+        served = shard_stamps(server.url(""), names + ["absent.tar"])
+    assert served["absent.tar"] is None
+    assert all(int(served[n][0]) == (timecoded_dataset / n).stat().st_size for n in names)
+
+
+def test_expected_counts_of_the_real_official_splits(tmp_path):
+    from avtools.ledger import fold_coverage
+    from avtools.recipes import RecipeOptions, plan
+    from tests.conftest import SHARED
+
+    clips = plan("ucf101", RecipeOptions(source=tmp_path, annotations=[str(SHARED / "ucf101" / "ucfTrainTestlist")]))
+    folds = fold_coverage(clips, {})
+    expected = {f: (roles["train"]["expected"], roles["test"]["expected"]) for f, roles in folds.items()}
+    assert expected == {"1": (9537, 3783), "2": (9586, 3734), "3": (9624, 3696)}
+    assert all(r["available"] == 0 for roles in folds.values() for r in roles.values())

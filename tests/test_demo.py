@@ -31,11 +31,13 @@ def run_demo(out: Path, method: str) -> dict[str, dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_demo_quick_pretraining_beats_random_init(tmp_path):
     rows = run_demo(tmp_path / "demo", "xmodal")
     assert rows["linear"]["gain"] >= MARGIN, rows
 
 
+@pytest.mark.slow
 def test_demo_quick_temporal_av_beats_random_init(tmp_path):
     rows = run_demo(tmp_path / "demo", "temporal-av")
     assert rows["linear"]["gain"] >= MARGIN, rows

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -33,6 +34,7 @@ def tiny_videos(home: Path) -> None:
                 shutil.copy(clip, home / "videos" / split / name / clip.name)
 
 
+@pytest.mark.slow
 def test_the_readme_tour_runs_as_written(tmp_path, s3_endpoint, monkeypatch):
     commands = tour_commands()
     assert any(c.startswith("avtools train") for c in commands) and any("s3://" in c for c in commands)
