@@ -5,10 +5,17 @@ transient failures are tried again, and `--partition I/N` keeps the clips whose 
 machines build disjoint parts of one dataset into one output. Workers are processes (fetch + decode +
 encode of one clip each; downloads of some overlap the CPU work of others); the parent writes shards, and
 at most `2 * workers` clips are in flight, which bounds memory.
+
+What keeps finished work safe: the build's settings are recorded before its first shard and a rerun made
+differently is refused; shard names are parsed against the known splits; a clip gets `clip_timeout` seconds of
+wall clock before it is recorded as a `network` failure (its downloads also time out on every read); Ctrl-C and
+SIGTERM stop the pool without waiting for a hung worker, finishing the shards already open; workers exit when
+the build's process dies; temporary files a killed run left are swept at start.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,19 +24,24 @@ import os
 import platform
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from avcl.data import schema
 from avtools import __version__
-from avtools.fetch import FetchOptions, Fetcher
-from avtools.ledger import DATASET_JSON, Ledger, Row, failure_row, summarize, write_dataset_json, write_ledger_table
+from avtools.fetch import FetchOptions, Fetcher, redact
+from avtools.ledger import (DATASET_JSON, Ledger, Row, annotation_rows, failure_row, summarize, write_dataset_json,
+                            write_ledger_table)
 from avtools.reasons import ClipError
-from avtools.recipes import Clip, RecipeOptions, plan
+from avtools.recipes import Clip, RecipeError, RecipeOptions, plan
 from avtools.shards import ShardWriter, belongs_to, clear_staging, shard_seq
 from avtools.store import LocalStore, open_store
 from avtools.transcode import TranscodeSettings, make_sample
+
+SETTINGS = "ledger/settings.json"  # the build's settings, written before its first shard
+STALE_TEMPORARY = 600.0  # seconds: a temporary file this old belongs to no running writer
 
 
 @dataclasses.dataclass
@@ -44,6 +56,7 @@ class BuildOptions:
     partition: tuple[int, int] = (0, 1)
     limit: int | None = None
     card: bool = True
+    clip_timeout: float = 300.0  # seconds of wall clock per clip (fetch + decode + encode)
 
 
 @dataclasses.dataclass
@@ -65,26 +78,46 @@ def partition_tag(partition: tuple[int, int]) -> str:
     return f"{index:03d}-" if parts > 1 else ""
 
 
-def dedupe(clips: list[Clip]) -> tuple[list[Clip], int]:
+def dedupe(clips: list[Clip]) -> tuple[list[Clip], int, list[str]]:
+    """One clip per id (the first row wins), the number of repeated rows, and those that disagree with the kept
+    row on label or split ("id: kept label/split, dropped label/split (file:line)")."""
     seen: dict[str, Clip] = {}
+    conflicts = []
     for clip in clips:
-        seen.setdefault(clip.clip_id, clip)
-    return sorted(seen.values(), key=lambda c: c.clip_id), len(clips) - len(seen)
+        kept = seen.setdefault(clip.clip_id, clip)
+        if kept is not clip and (kept.label, kept.split) != (clip.label, clip.split):
+            conflicts.append(f"{clip.clip_id}: kept {kept.label}/{kept.split} ({kept.origin}), dropped "
+                             f"{clip.label}/{clip.split} ({clip.origin})")
+    return sorted(seen.values(), key=lambda c: c.clip_id), len(clips) - len(seen), conflicts
+
+
+def distinct_keys(clips: list[Clip]) -> None:
+    """Two clips must never share a tar key (WebDataset would merge or drop them): refuse at planning."""
+    owner: dict[str, str] = {}
+    for clip in clips:
+        key = schema.sample_key(clip.clip_id)
+        if owner.setdefault(key, clip.clip_id) != clip.clip_id:
+            raise RecipeError(f"clip ids {owner[key]!r} and {clip.clip_id!r} map to the same sample key {key!r}")
 
 
 def build(options: BuildOptions, progress=None) -> BuildResult:
     started = time.time()
-    clips, duplicates = dedupe(plan(options.dataset, options.recipe))
+    planned = plan(options.dataset, options.recipe)
+    clips, duplicates, conflicts = dedupe(planned.clips)
+    distinct_keys(clips)
     index, parts = options.partition
     mine = [c for c in clips if partition_of(c.clip_id, parts) == index]
     store = open_store(options.out)
-    _check_same_settings(store, options)
+    store.sweep(STALE_TEMPORARY)
+    _record_settings(store, options)
     tag = partition_tag(options.partition)
     ledger = Ledger(store, tag)
+    ledger.write_annotations(annotation_rows(planned.rejected))
     settled = ledger.load()
+    splits = {c.split for c in clips} | {row.split for row in settled.values()}
     staging = _staging_dir(store, options.out)
-    clear_staging(staging, tag)
-    next_seq = _remove_orphan_shards(store, settled, tag)
+    clear_staging(staging, tag, splits)
+    next_seq = _remove_orphan_shards(store, settled, tag, splits)
     todo = [c for c in mine if c.clip_id not in settled or settled[c.clip_id].retryable]
     if options.limit is not None:
         todo = todo[:options.limit]
@@ -94,10 +127,11 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
         progress.start(len(todo), len(mine) - len(todo))
     interrupted = False
     try:
-        for clip, outcome in _run(todo, options):
-            _record(clip, outcome, writer, ledger, counts)
-            if progress is not None:
-                progress.advance(outcome[0] is not None, counts)
+        with _sigterm_interrupts():
+            for clip, outcome in _run(todo, options):
+                _record(clip, outcome, writer, ledger, counts)
+                if progress is not None:
+                    progress.advance(outcome[0] is not None, counts)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -106,7 +140,10 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
         if progress is not None:
             progress.stop()
     rows = ledger.load()
-    summary = summarize(clips, rows, _parameters(options), duplicates)
+    annotations = {"rows_rejected": len(planned.rejected), "rows_of_other_classes": planned.other_classes,
+                   "duplicate_rows": duplicates, "conflicting_duplicates": len(conflicts),
+                   "rejected": [f"{where}: {why}" for where, why in planned.rejected[:20]], "conflicts": conflicts[:20]}
+    summary = summarize(clips, rows, _parameters(options), annotations)
     write_ledger_table(store, list(rows.values()))
     write_dataset_json(store, summary)
     if options.card and summary["complete"]:
@@ -115,6 +152,23 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
         write_card(store, summary)
     return BuildResult(summary, counts["ok"] + counts["failed"], counts["ok"], counts["failed"],
                        time.time() - started, interrupted)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler's stop, `kill`) ends the build like Ctrl-C: open shards finished, ledger flushed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _record(clip: Clip, outcome, writer: ShardWriter, ledger: Ledger, counts: dict) -> None:
@@ -130,32 +184,40 @@ def _record(clip: Clip, outcome, writer: ShardWriter, ledger: Ledger, counts: di
 def _run(todo: list[Clip], options: BuildOptions):
     """Yield (clip, (sample | None, error | None, bytes, seconds)) as workers finish, in-flight bounded."""
     if options.workers <= 1:
-        _init_worker(options)
+        _init_worker(options, os.getpid())
         for clip in todo:
             yield clip, _process(clip)
         return
-    context = _worker_context()
-    with cf.ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
-                                initargs=(options,)) as pool:
-        pending: dict[cf.Future, Clip] = {}
-        queue = iter(todo)
-        try:
-            while True:
-                while len(pending) < 2 * options.workers:
-                    clip = next(queue, None)
-                    if clip is None:
-                        break
-                    pending[pool.submit(_process, clip)] = clip
-                if not pending:
-                    return
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    clip = pending.pop(future)
-                    yield clip, _outcome(future)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+    pool = cf.ProcessPoolExecutor(options.workers, mp_context=_worker_context(), initializer=_init_worker,
+                                  initargs=(options, os.getpid()))
+    pending: dict[cf.Future, Clip] = {}
+    queue = iter(todo)
+    try:
+        while True:
+            while len(pending) < 2 * options.workers:
+                clip = next(queue, None)
+                if clip is None:
+                    break
+                pending[pool.submit(_process, clip)] = clip
+            if not pending:
+                break
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                clip = pending.pop(future)
+                yield clip, _outcome(future)
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop at once: kill the workers with their ffmpeg children, a hung one included (`shutdown` would wait for
+    it), then cancel what has not started. The executor keeps its processes in `_processes` (until shutdown)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # each worker leads its own group (_init_worker)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _worker_context():
@@ -178,31 +240,74 @@ def _outcome(future: cf.Future):
 
 _FETCHER: Fetcher | None = None
 _SETTINGS: TranscodeSettings | None = None
+_CLIP_TIMEOUT = 0.0
 
 
-def _init_worker(options: BuildOptions) -> None:
-    global _FETCHER, _SETTINGS
+class ClipTimeout(BaseException):
+    """Raised in a worker when a clip has used its wall-clock limit. A BaseException, so that no library catches
+    it on the way up; yt-dlp kills its ffmpeg child on the way (`Popen.communicate_or_kill`)."""
+
+
+def _init_worker(options: BuildOptions, parent: int) -> None:
+    global _FETCHER, _SETTINGS, _CLIP_TIMEOUT
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    _FETCHER, _SETTINGS = Fetcher(options.fetch), options.transcode
+        os.setpgrp()  # a group of its own: the worker and its ffmpeg children end together (`_stop`, `_exit_with`)
+        threading.Thread(target=_exit_with, args=(parent,), name="parent watch", daemon=True).start()
+    _FETCHER, _SETTINGS, _CLIP_TIMEOUT = Fetcher(options.fetch), options.transcode, options.clip_timeout
+
+
+def _exit_with(parent: int, every: float = 1.0) -> None:
+    """End this worker (and the ffmpeg it may be waiting on) once the build's process is gone: a killed build
+    must not leave workers holding its terminal or a scheduler's pipes."""
+    while True:
+        time.sleep(every)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os.killpg(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise ClipTimeout in this (main) thread after `seconds` of wall clock (no limit for 0)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise ClipTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _process(clip: Clip):
-    """Fetch and transcode one clip in a worker; never raises."""
+    """Fetch and transcode one clip in a worker within its time limit; never raises."""
     started = time.time()
     fetched = None
     try:
-        fetched = _FETCHER.fetch(clip)
-        sample = make_sample(clip, fetched, _SETTINGS)
+        with _time_limit(_CLIP_TIMEOUT):
+            fetched = _FETCHER.fetch(clip)
+            sample = make_sample(clip, fetched, _SETTINGS)
         return sample, None, fetched.bytes_downloaded, time.time() - started
-    except ClipError as error:
-        return None, error, fetched.bytes_downloaded if fetched else 0, time.time() - started
+    except ClipTimeout:
+        error = ClipError("network", f"no result within the clip time limit of {_CLIP_TIMEOUT:.0f} s (--clip-timeout)")
+    except ClipError as exc:
+        error = exc
     except Exception as exc:
-        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return None, ClipError("internal", message), 0, time.time() - started
+        error = ClipError("internal", "".join(traceback.format_exception_only(type(exc), exc)).strip())
     finally:
         if fetched is not None:
             fetched.release()
+    if fetched is not None:  # name the clip's source, not the temporary file it was read from
+        error = ClipError(error.reason, error.message.replace(fetched.path, redact(fetched.source)))
+    return None, error, fetched.bytes_downloaded if fetched else 0, time.time() - started
 
 
 def _staging_dir(store, out: str) -> Path:
@@ -212,18 +317,18 @@ def _staging_dir(store, out: str) -> Path:
     return Path(tempfile.gettempdir()) / f"avtools-staging-{digest}"
 
 
-def _remove_orphan_shards(store, settled: dict[str, Row], tag: str) -> dict[str, int]:
+def _remove_orphan_shards(store, settled: dict[str, Row], tag: str, splits: set[str]) -> dict[str, int]:
     """Delete this partition's shards that no ledger part commits (a run killed between the two writes);
-    return the next free shard number of each split."""
-    committed = {row.shard for row in settled.values() if row.shard}
+    return the next free shard number of each split (names parsed against the known splits)."""
+    committed = {row.shard: row.split for row in settled.values() if row.shard}
     for name in store.list():
-        if "/" not in name and name.endswith(".tar") and belongs_to(name, tag) and name not in committed:
+        if "/" not in name and name not in committed and belongs_to(name, tag, splits):
             store.delete(name)
     next_seq: dict[str, int] = {}
-    for name in committed:
-        if belongs_to(name, tag):
-            split = name.split("-", 1)[0]
-            next_seq[split] = max(next_seq.get(split, 0), (shard_seq(name) or 0) + 1)
+    for name, split in committed.items():
+        seq = shard_seq(name, split, tag)
+        if seq is not None:
+            next_seq[split] = max(next_seq.get(split, 0), seq + 1)
     return next_seq
 
 
@@ -231,19 +336,24 @@ class BuildError(ValueError):
     """A build that cannot go on in its --out; the message says why and what to do."""
 
 
-def _check_same_settings(store, options: BuildOptions) -> None:
-    """A rerun adds to the shards already in --out only if it writes them the same way: mixed shard formats,
-    frame rates or sizes would pass unnoticed into training."""
-    if not store.exists(DATASET_JSON):
-        return
-    before = json.loads(store.get_bytes(DATASET_JSON))
+def _record_settings(store, options: BuildOptions) -> None:
+    """Before the first shard: record how this build writes its shards, or refuse when --out holds shards
+    written another way (mixed shard formats, frame rates or sizes would pass unnoticed into training). An
+    output of an older avtools has only its dataset.json to compare with."""
     now = _parameters(options)
+    recorded = SETTINGS if store.exists(SETTINGS) else DATASET_JSON if store.exists(DATASET_JSON) else None
+    if recorded is None:
+        store.put_bytes(SETTINGS, json.dumps({k: now[k] for k in ("format", "preprocessing")}, indent=1).encode())
+        return
+    before = json.loads(store.get_bytes(recorded))
     changed = [f"format {before.get('format')} -> {now['format']}"] if before.get("format") != now["format"] else []
-    changed += [f"{key} {before['preprocessing'].get(key)} -> {value}" for key, value in now["preprocessing"].items()
-                if before.get("preprocessing", {}).get(key) != value]
+    changed += [f"{key} {before.get('preprocessing', {}).get(key)} -> {value}"
+                for key, value in now["preprocessing"].items() if before.get("preprocessing", {}).get(key) != value]
     if changed:
         raise BuildError(f"{options.out} holds a build made differently ({'; '.join(changed)}): rerun with its "
                          f"settings, or build into a new --out")
+    if recorded != SETTINGS:
+        store.put_bytes(SETTINGS, json.dumps({k: now[k] for k in ("format", "preprocessing")}, indent=1).encode())
 
 
 def _parameters(options: BuildOptions) -> dict:

@@ -5,14 +5,21 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(help="Build audio-visual datasets as WebDataset shards; train and evaluate contrastive models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 console = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, `error: ...` (the message printed as it is, brackets and all), and exit status 2."""
+    console.print(Text.assemble(("error: ", "red"), str(message)), soft_wrap=True)
+    raise typer.Exit(2)
 
 
 def _partition(value: str) -> tuple[int, int]:
@@ -58,6 +65,10 @@ def build_dataset(
                                               "splits; on for the audio-visual datasets)."),
     samples_per_shard: int = typer.Option(500, help="Samples per tar shard."),
     workers: int = typer.Option(0, help="Parallel worker processes (0: twice the CPU cores)."),
+    clip_timeout: float = typer.Option(300.0, help="Seconds of wall clock a clip may take (fetch, decode, encode) "
+                                                   "before it is recorded as a network failure and retried on a "
+                                                   "rerun; every network read also times out after --socket-timeout."),
+    socket_timeout: float = typer.Option(30.0, help="Seconds a network read may wait for data."),
     partition: str = typer.Option("0/1", help="Build part I of N (I/N) for SLURM arrays or indexed jobs."),
     url_template: str = typer.Option("https://www.youtube.com/watch?v={youtube_id}", help="Video URL for a "
                                      "YouTube id; point it at a mirror."),
@@ -87,13 +98,14 @@ def build_dataset(
         raise typer.BadParameter(f"--frames must be one of {', '.join(FRAME_FORMATS)}")
     options = BuildOptions(
         dataset=name, out=out, limit=limit, samples_per_shard=samples_per_shard, partition=_partition(partition),
-        card=card,
+        card=card, clip_timeout=clip_timeout,
         recipe=RecipeOptions(source=source, annotations=list(annotations or []), kinetics=kinetics,
                              splits=list(split or []) or None, classes=list(classes or []) or None, fold=fold,
                              val_fraction=val_fraction, cache=cache),
         fetch=FetchOptions(url_template=url_template, source=source if name not in _LOCAL else None, pad=pad,
                            min_height=short_side, cookies=cookies, cookies_from_browser=cookies_from_browser,
-                           proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg),
+                           proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg,
+                           socket_timeout=socket_timeout),
         transcode=_transcode_settings(name, fps=_fps(fps), max_fps=max_fps, short_side=short_side,
                                       audio_rate=audio_rate, frames=frames, min_duration=min_duration,
                                       silence_db=silence_db, av_filters=av_filters),
@@ -102,9 +114,8 @@ def build_dataset(
         options.workers = workers
     try:
         result = build(options, progress=BuildProgress(console, name))
-    except (RecipeError, BuildError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+    except (RecipeError, BuildError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
     print_summary(console, result)
     if result.interrupted:
         raise typer.Exit(130)
@@ -155,8 +166,7 @@ def inspect(
             return
         info = describe(url)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] cannot read {url}: {exc}")
-        raise typer.Exit(2)
+        fail(f"cannot read {url}: {exc}")
     if as_json:
         print(json.dumps(info, indent=1))
     else:
@@ -213,8 +223,7 @@ def train(
         resolved = load(method, config, overrides, preset)
         run_training(resolved, out, resume=resume)
     except (ConfigError, TrainingError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+        fail(str(exc))
 
 
 @app.command()
@@ -229,8 +238,7 @@ def export(
     try:
         written = export_encoders(run, checkpoint, out)
     except (OSError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+        fail(str(exc))
     for path in written:
         console.print(f"wrote {path}")
 
@@ -292,16 +300,12 @@ def eval_(
         try:
             report.compare(files, Console(), baseline, references)
         except report.ResultsError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2)
+            fail(str(exc))
         return
     if ctx.args:
-        console.print(f"[red]error:[/red] unexpected argument(s) {' '.join(ctx.args)}: give one DATASET (or "
-                      "--compare results files)")
-        raise typer.Exit(2)
+        fail(f"unexpected argument(s) {' '.join(ctx.args)}: give one DATASET (or --compare results files)")
     if not dataset or not data:
-        console.print("[red]error:[/red] give a DATASET and --data (or --compare results.json files)")
-        raise typer.Exit(2)
+        fail("give a DATASET and --data (or --compare results.json files)")
     from avcl.eval.datasets import EvalDataError
     from avcl.eval.engine import EvalOptions
     from avcl.eval.evaluate import EvalRequest, evaluate
@@ -320,8 +324,7 @@ def eval_(
     try:
         rows, engine = evaluate(request, log=console.print)
     except (ConfigError, TrainingError, EvalDataError, CheckpointError, KeyError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+        fail(str(exc))
     if engine.rank != 0:
         return
     report.print_rows(rows, Console())
@@ -355,8 +358,7 @@ def demo(
     try:
         run_demo(options, console)
     except (ConfigError, TrainingError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+        fail(str(exc))
 
 
 def main() -> None:

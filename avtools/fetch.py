@@ -7,6 +7,11 @@ Section downloads: yt-dlp fetches [start - pad, end + pad] with stream copy, whi
 before the requested time; the written file's time 0 is the requested section start (earlier frames carry
 negative timestamps and are dropped by the decoder), so the clip lies at [start - section_start, ...) in it.
 The accurate cut happens while decoding (`avtools.media`).
+
+Every network read has a time-out (`socket_timeout`: yt-dlp's requests, and ffmpeg's `-rw_timeout` on the
+section download), so a server that sends headers and then nothing ends as a `network` failure. What is
+stored of a URL (a sample's `source`, ledger messages) goes through `redact`: no user:password, no query
+values but YouTube's video id, since shards are made to be shared.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from avtools.reasons import ClipError
 from avtools.recipes import Clip
 
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={youtube_id}"
+PUBLIC_QUERY = ("v",)  # query parameters whose values are kept when a URL is stored: YouTube's video id
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wav", ".flac", ".mp3", ".ogg", ".m4a")
 
 
@@ -55,6 +62,25 @@ class Fetched:
     def release(self) -> None:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def redact(url: str) -> str:
+    """A URL fit to store and share: without user:password, fragment, or the values of query parameters other
+    than PUBLIC_QUERY (signatures, tokens, keys of signed URLs)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = [(k, v if k in PUBLIC_QUERY else "REDACTED") for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="="), ""))
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URL in it redacted."""
+    return _URL.sub(lambda m: redact(m.group(0)), text)
 
 
 class Fetcher:
@@ -88,24 +114,33 @@ class Fetcher:
         if clip.end is not None:
             params["download_ranges"] = download_range_func(None, [(section_start, clip.end + self.options.pad)])
         url = self.options.url_template.format(youtube_id=clip.youtube_id)
+        started = time.monotonic()
         try:
             with yt_dlp.YoutubeDL(params) as ydl:
                 if is_direct_media(url):
                     ydl.process_ie_result(direct_media_info(ydl, url, clip.youtube_id), download=True)
                 else:
                     ydl.extract_info(url, download=True)
-        except Exception as exc:  # yt-dlp raises DownloadError and, rarely, others
+        except BaseException as exc:  # yt-dlp raises DownloadError and, rarely, others; a time limit passes through
             shutil.rmtree(workdir, ignore_errors=True)
-            if isinstance(exc, ClipError):
+            if isinstance(exc, ClipError) or not isinstance(exc, Exception):
                 raise
+            if "ffmpeg exited" in str(exc) and time.monotonic() - started >= self.options.socket_timeout:
+                # ffmpeg says only "Input/output error" when its -rw_timeout expires: it waited for data that
+                # never came (a server that stalls after its headers)
+                raise ClipError("network", f"{redact(url)}: no data for {self.options.socket_timeout:g} s "
+                                           f"(--socket-timeout): the server stalled ({exc})") from exc
             raise classify_download_error(str(exc), url) from exc
         files = [p for p in Path(workdir).iterdir() if p.suffix not in (".part", ".ytdl") and p.is_file()]
         if not files:
             shutil.rmtree(workdir, ignore_errors=True)
-            raise ClipError("fetch_error", f"yt-dlp wrote no file for {url}")
+            raise ClipError("fetch_error", f"yt-dlp wrote no file for {redact(url)}")
         path = max(files, key=lambda p: p.stat().st_size)
+        if path.stat().st_size == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise ClipError("corrupt", f"{redact(url)} gave an empty file")
         offset = section_start if clip.end is not None else 0.0
-        return Fetched(str(path), offset, path.stat().st_size, url, workdir)
+        return Fetched(str(path), offset, path.stat().st_size, redact(url), workdir)
 
     def _ytdlp_params(self, workdir: str) -> dict:
         o = self.options
@@ -120,7 +155,8 @@ class Fetcher:
             "retries": o.retries, "fragment_retries": o.retries, "socket_timeout": o.socket_timeout,
             "sleep_interval_requests": o.sleep or None,
             "ffmpeg_location": ffmpeg_location,
-            "external_downloader_args": {"ffmpeg_i": list(ranged_http_input_args(ffmpeg_location))},
+            "external_downloader_args": {"ffmpeg_i": [*ranged_http_input_args(ffmpeg_location),
+                                                      "-rw_timeout", str(int(o.socket_timeout * 1e6))]},
             "js_runtimes": _js_runtimes(),
             "logger": _QuietLogger(),
         }
@@ -147,8 +183,11 @@ def direct_media_info(ydl, url: str, video_id: str) -> dict:
 
     with ydl.urlopen(HEADRequest(url)) as response:  # HTTP errors raise with their status in the message
         content_type = response.headers.get("Content-Type", "")
+        length = response.headers.get("Content-Length")
     if content_type.startswith("text/"):
-        raise ClipError("not_media", f"{url} is a {content_type} page, not media")
+        raise ClipError("not_media", f"{redact(url)} is a {content_type} page, not media")
+    if length == "0":
+        raise ClipError("corrupt", f"{redact(url)} is an empty file")
     extension = os.path.splitext(urllib.parse.urlsplit(url).path)[1].lstrip(".").lower()
     return {"id": video_id, "title": video_id, "url": url, "ext": extension, "extractor": "direct",
             "extractor_key": "Direct", "webpage_url": url}
@@ -182,6 +221,9 @@ def with_retries(attempt, retries: int, wait: float):
 
 # (reason, pattern) in priority order; the first match wins.
 _ERROR_PATTERNS = [
+    # ffmpeg exits with its error code's low byte; 183 is AVERROR_INVALIDDATA, "Invalid data found when
+    # processing input": the server's bytes are not readable media (truncated, or something else)
+    ("corrupt", r"ffmpeg exited with code 183\b"),
     ("bot_check", r"not a bot|confirm you.re not a robot"),
     ("rate_limited", r"HTTP Error 429|Too Many Requests|rate.limit"),
     ("private", r"[Pp]rivate video|video is private"),
@@ -202,12 +244,13 @@ _ERROR_PATTERNS = [
 def classify_download_error(message: str, url: str = "") -> ClipError:
     """Map a yt-dlp error message to one reason of the taxonomy."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    named = redact_text(f"{url}: {text.strip()}" if url and url not in text else text.strip())[:500]
     for reason, pattern in _ERROR_PATTERNS:
         if re.search(pattern, text):
             if reason == "not_media" and "Requested format" in text and "youtube" in url:
                 reason = "js_runtime"  # YouTube without a JS runtime offers only storyboards
-            return ClipError(reason, text.strip()[:500])
-    return ClipError("fetch_error", text.strip()[:500])
+            return ClipError(reason, named)
+    return ClipError("fetch_error", named)
 
 
 def _js_runtimes() -> dict | None:

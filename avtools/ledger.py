@@ -56,6 +56,11 @@ def rows_from_parquet(data: bytes) -> list[Row]:
     return [Row(**d) for d in pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()]
 
 
+def annotation_rows(rejected: list[tuple[str, str]]) -> list[Row]:
+    """Rejected annotation rows (file:line, why) as skipped ledger rows, one per row, their id the file:line."""
+    return [Row(where, "", None, "skipped", "bad_annotation", why) for where, why in rejected]
+
+
 def failure_row(clip, error, bytes_downloaded: int = 0, seconds: float = 0.0) -> Row:
     return Row(clip.clip_id, clip.split, clip.label, "failed", error.reason, error.message, "",
                bytes_downloaded, seconds, REASONS[error.reason].retryable)
@@ -92,6 +97,14 @@ class Ledger:
         self.store.put_bytes(f"ledger/{stem}.parquet", rows_to_parquet(ok_rows + self.pending))
         self.pending = []
 
+    def write_annotations(self, rows: list[Row]) -> None:
+        """The annotation rows this run rejected, in a part of their own (rewritten by every run)."""
+        name = f"ledger/annotations-{self.tag}rejected.parquet"
+        if rows:
+            self.store.put_bytes(name, rows_to_parquet(rows))
+        else:
+            self.store.delete(name)
+
     def flush(self) -> None:
         if self.pending:
             self.flushes += 1
@@ -104,8 +117,9 @@ def write_ledger_table(store, rows: list[Row]) -> None:
     store.put_bytes("ledger.parquet", rows_to_parquet(sorted(rows, key=lambda r: r.clip_id)))
 
 
-def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict:
-    """dataset.json: parameters, tool versions, available/total per split and class, shards with counts."""
+def summarize(plan, rows: dict[str, Row], params: dict, annotations: dict) -> dict:
+    """dataset.json: parameters, tool versions, available/total per split and class, shards with counts, and
+    what became of the annotation rows (rejected, of other classes, repeated)."""
     splits: dict[str, dict] = {}
     for clip in plan:
         entry = splits.setdefault(clip.split, {"available": 0, "total": 0, "failed": 0, "classes": {}, "shards": {}})
@@ -123,7 +137,7 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
         entry["shards"] = [{"name": name, "samples": n} for name, n in sorted(entry["shards"].items())]
     reasons: dict[str, int] = {}
     for row in rows.values():
-        if row.status != "ok":
+        if row.status == "failed":
             reasons[row.reason] = reasons.get(row.reason, 0) + 1
     settled = sum(1 for c in plan if c.clip_id in rows and not rows[c.clip_id].retryable)
     folds = fold_coverage(plan, rows)
@@ -131,7 +145,8 @@ def summarize(plan, rows: dict[str, Row], params: dict, duplicates: int) -> dict
         **params,
         "complete": settled == len(plan),
         "counts": {"total": len(plan), "available": sum(e["available"] for e in splits.values()),
-                   "settled": settled, "duplicates_in_annotations": duplicates},
+                   "settled": settled, "duplicates_in_annotations": annotations["duplicate_rows"]},
+        "annotations": annotations,
         "failures": dict(sorted(reasons.items())),
         "splits": dict(sorted(splits.items())),
         **({"folds": folds} if folds else {}),

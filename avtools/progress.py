@@ -46,9 +46,26 @@ def print_summary(console: Console, result) -> None:
         print_coverage(console, s["folds"])
     if s["failures"]:
         console.print("failures: " + ", ".join(f"{reason} {n}" for reason, n in s["failures"].items()))
+    print_annotations(console, s.get("annotations", {}))
     rate = result.processed / result.seconds if result.seconds else 0.0
     console.print(f"this run: {result.ok} ok, {result.failed} failed in {result.seconds:.1f}s ({rate:.2f} clips/s)"
                   + (" [yellow](interrupted: rerun the same command to continue)[/yellow]" if result.interrupted else ""))
+
+
+def print_annotations(console: Console, annotations: dict) -> None:
+    """What became of annotation rows that are not clips: rejected (with file:line), other classes, repeated."""
+    if annotations.get("rows_rejected"):
+        console.print(f"[yellow]{annotations['rows_rejected']} annotation row(s) rejected[/] (ledger reason "
+                      "bad_annotation), e.g.:", soft_wrap=True)
+        for line in annotations["rejected"][:5]:
+            console.print(f"  {line}", soft_wrap=True, markup=False)
+    if annotations.get("rows_of_other_classes"):
+        console.print(f"{annotations['rows_of_other_classes']} annotation row(s) of classes this dataset does not have")
+    if annotations.get("conflicting_duplicates"):
+        console.print(f"[yellow]{annotations['conflicting_duplicates']} repeated clip id(s) with another label or "
+                      "split[/] (the first row kept), e.g.:", soft_wrap=True)
+        for line in annotations["conflicts"][:5]:
+            console.print(f"  {line}", soft_wrap=True, markup=False)
 
 
 def print_coverage(console: Console, folds: dict) -> None:

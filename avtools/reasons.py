@@ -35,6 +35,8 @@ _REASONS = [
     Reason("too_short", False, "less media than --min-duration seconds in the requested window"),
     Reason("corrupt", False, "the file cannot be decoded"),
     Reason("internal", True, "an unexpected error in avtools itself; please report it with the message"),
+    # annotations (ledger rows of status `skipped`, id = file:line)
+    Reason("bad_annotation", False, "an annotation row that cannot be read or would be unsafe to build (the message says why)"),
 ]
 REASONS = {r.name: r for r in _REASONS}
 

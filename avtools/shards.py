@@ -2,7 +2,9 @@
 
 A shard is written under a temporary name in a staging folder, then moved into the store under its final
 name, and only then committed in the ledger; so an unfinished shard never looks finished. Names:
-`{split}-{seq:06d}.tar`, or `{split}-{part:03d}-{seq:06d}.tar` when the build is partitioned.
+`{split}-{seq:06d}.tar`, or `{split}-{part:03d}-{seq:06d}.tar` when the build is partitioned. Split names
+may hold '-' (`val-hard`), so a name is parsed against the splits the build knows, never by counting dashes.
+Tars are PAX: a sample key longer than ustar's 100-character names is stored whole.
 """
 from __future__ import annotations
 
@@ -13,8 +15,6 @@ import tarfile
 from pathlib import Path
 
 from avtools.ledger import Ledger, Row
-
-_SEQ = re.compile(r"-(\d{6})\.(tar|parquet)$")
 
 
 class ShardWriter:
@@ -31,7 +31,7 @@ class ShardWriter:
         if shard is None:
             seq = self.next_seq.get(sample.split, 0)
             self.next_seq[sample.split] = seq + 1
-            name = f"{sample.split}-{self.tag}{seq:06d}.tar"
+            name = shard_name(sample.split, self.tag, seq)
             shard = self.open[sample.split] = _OpenShard(name, self.staging / f"{name}.tmp")
         row.shard = shard.name
         shard.write(sample, row)
@@ -53,7 +53,7 @@ class ShardWriter:
 class _OpenShard:
     def __init__(self, name: str, tmp: Path):
         self.name, self.tmp = name, tmp
-        self.tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)
         self.rows: list[Row] = []
 
     def write(self, sample, row: Row) -> None:
@@ -65,20 +65,25 @@ class _OpenShard:
         self.rows.append(row)
 
 
-def shard_seq(name: str) -> int | None:
-    match = _SEQ.search(name)
+def shard_name(split: str, tag: str, seq: int) -> str:
+    return f"{split}-{tag}{seq:06d}.tar"
+
+
+def shard_seq(name: str, split: str, tag: str) -> int | None:
+    """The sequence number of `name` if it is a shard (or a staging `.tmp` of one) of `split` in the partition
+    with this tag ('' = unpartitioned, '007-' = part 7), else None."""
+    match = re.fullmatch(re.escape(f"{split}-{tag}") + r"(\d{6})\.tar(\.tmp)?", name)
     return int(match.group(1)) if match else None
 
 
-def belongs_to(shard: str, tag: str) -> bool:
-    """Whether a shard name is of the partition with this tag ('' = unpartitioned, '007-' = part 7)."""
-    rest = shard.split("-", 1)[-1]
-    return rest.startswith(tag) and (bool(tag) or rest.count("-") == 0)
+def belongs_to(name: str, tag: str, splits) -> bool:
+    """Whether `name` is a shard (or staging file) of one of `splits` in the partition with this tag."""
+    return any(shard_seq(name, split, tag) is not None for split in splits)
 
 
-def clear_staging(staging: Path, tag: str) -> None:
+def clear_staging(staging: Path, tag: str, splits) -> None:
     """Remove the temporary shards of an interrupted run of this partition."""
     if staging.is_dir():
         for tmp in staging.glob("*.tmp"):
-            if belongs_to(tmp.name, tag):
+            if belongs_to(tmp.name, tag, splits):
                 os.unlink(tmp)

@@ -1,17 +1,28 @@
 """Where a build's outputs go: a local folder, or an `s3://bucket/prefix` on any S3-compatible endpoint.
 
 Writes are all-or-nothing: a local file appears under its final name by rename, an S3 object by a completed
-upload. The S3 endpoint and credentials come from the standard AWS environment variables
-(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...).
+upload. Every name is checked to stay inside the store's root (`contained`): names are built from annotation
+fields, which come from the internet. The S3 endpoint and credentials come from the standard AWS environment
+variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from pathlib import Path
+import time
+from pathlib import Path, PurePosixPath
 
 from avcl.data.sources import s3_client
+
+
+
+def contained(name: str) -> str:
+    """`name` if it is a relative path that stays below the root; ValueError otherwise."""
+    path = PurePosixPath(name)
+    if not name or "\\" in name or path.is_absolute() or ".." in path.parts or "\x00" in name:
+        raise ValueError(f"{name!r} would be written outside the output folder: refused")
+    return name
 
 
 class LocalStore:
@@ -20,15 +31,28 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
 
+    def path(self, name: str) -> Path:
+        return self.root / contained(name)
+
     def list(self, prefix: str = "") -> list[str]:
         base = self.root / prefix
         if not base.is_dir():
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
+    def sweep(self, older_than: float) -> list[str]:
+        """Delete temporary files (`.tmp-*`, `.NAME.tmpPID`) older than `older_than` seconds: what a process killed
+        mid-write leaves. Younger ones may belong to a partition being written right now."""
+        now, swept = time.time(), []
+        for path in self.root.rglob(".*"):
+            if path.is_file() and ".tmp" in path.name and now - path.stat().st_mtime > older_than:
+                path.unlink(missing_ok=True)
+                swept.append(path.relative_to(self.root).as_posix())
+        return swept
+
     def put_file(self, local: str, name: str) -> None:
         """Move `local` into the store as `name` (atomic on one file system)."""
-        target = self.root / name
+        target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(local, target)
@@ -45,19 +69,19 @@ class LocalStore:
         self.put_file(tmp, name)
 
     def get_bytes(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        return self.path(name).read_bytes()
 
     def exists(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        return self.path(name).is_file()
 
     def delete(self, name: str) -> None:
-        (self.root / name).unlink(missing_ok=True)
+        self.path(name).unlink(missing_ok=True)
 
     def local_path(self, name: str) -> str:
-        return str(self.root / name)
+        return str(self.path(name))
 
     def _parent(self, name: str) -> Path:
-        parent = (self.root / name).parent
+        parent = self.path(name).parent
         parent.mkdir(parents=True, exist_ok=True)
         return parent
 
@@ -71,13 +95,17 @@ class S3Store:
         self.client = s3_client()
 
     def _key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
+        return f"{self.prefix}/{contained(name)}" if self.prefix else contained(name)
+
+    def sweep(self, older_than: float) -> list[str]:
+        return []  # an S3 object appears whole or not at all: nothing to sweep
 
     def list(self, prefix: str = "") -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         skip = len(self.prefix) + 1 if self.prefix else 0
         names = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+        listed = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
             names.extend(obj["Key"][skip:] for obj in page.get("Contents", ()))
         return sorted(names)
 

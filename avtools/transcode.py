@@ -63,6 +63,8 @@ class Sample:
 def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sample:
     info = media.probe(fetched.path)
     want_video = not clip.audio_only
+    if not info.has_video and not info.has_audio:
+        raise ClipError("corrupt", f"{fetched.path} has neither a video nor an audio stream (truncated, or not media)")
     if want_video and not info.has_video:
         raise ClipError("no_video", f"{fetched.path} has no video stream")
     t0 = max(0.0, (clip.start or 0.0) - fetched.offset)

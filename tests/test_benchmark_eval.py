@@ -430,7 +430,7 @@ def test_expected_counts_of_the_real_official_splits(tmp_path):
     from avtools.recipes import RecipeOptions, plan
     from tests.conftest import SHARED
 
-    clips = plan("ucf101", RecipeOptions(source=tmp_path, annotations=[str(SHARED / "ucf101" / "ucfTrainTestlist")]))
+    clips = plan("ucf101", RecipeOptions(source=tmp_path, annotations=[str(SHARED / "ucf101" / "ucfTrainTestlist")])).clips
     folds = fold_coverage(clips, {})
     expected = {f: (roles["train"]["expected"], roles["test"]["expected"]) for f, roles in folds.items()}
     assert expected == {"1": (9537, 3783), "2": (9586, 3734), "3": (9624, 3696)}

@@ -170,7 +170,7 @@ def fold_counts(dataset_name: str, clips) -> dict[str, tuple[int, int]]:
 
 
 def test_ucf101_official_split_counts(tmp_path):
-    clips = plan("ucf101", RecipeOptions(source=tmp_path, annotations=[str(SHARED / "ucf101" / "ucfTrainTestlist")]))
+    clips = plan("ucf101", RecipeOptions(source=tmp_path, annotations=[str(SHARED / "ucf101" / "ucfTrainTestlist")])).clips
     assert len(clips) == 13320
     assert fold_counts("ucf101", clips) == {"1": (9537, 3783), "2": (9586, 3734), "3": (9624, 3696)}
 
@@ -190,7 +190,7 @@ def test_hmdb51_official_split_counts(tmp_path):
         for fold, videos in folds.items():
             lines = [f"{video} {role}" for video, role in sorted(videos.items())]
             (splits / f"class{int(label):02d}_test_split{fold}.txt").write_text("\n".join(lines) + "\n")
-    clips = plan("hmdb51", RecipeOptions(source=tmp_path, annotations=[str(splits)]))
+    clips = plan("hmdb51", RecipeOptions(source=tmp_path, annotations=[str(splits)])).clips
     assert fold_counts("hmdb51", clips) == {"1": (3570, 1530), "2": (3570, 1530), "3": (3570, 1530)}
 
 

@@ -16,6 +16,7 @@ Nothing else in the code base spells out a member name: use the helpers here.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -38,8 +39,12 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
 def sample_key(clip_id: str) -> str:
-    """A tar key for a clip id: dots and other unsafe characters become '-' (WebDataset splits keys at dots)."""
-    return _KEY_UNSAFE.sub("-", clip_id)
+    """A tar key for a clip id, one to one: a safe id (letters, digits, '_', '-') is its own key; in any other
+    id the unsafe characters become '-' (WebDataset splits keys at dots, '/' makes folders) and a hash of the
+    id is appended, so `a.b`, `a/b` and `a-b` stay three keys."""
+    if not _KEY_UNSAFE.search(clip_id):
+        return clip_id
+    return f"{_KEY_UNSAFE.sub('-', clip_id)}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}"
 
 
 def encode_json(meta: dict) -> bytes:

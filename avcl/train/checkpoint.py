@@ -32,6 +32,15 @@ def save_atomic(payload: dict, path: Path) -> None:
         raise
 
 
+def sweep_partial(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes a killed run left (`.last.pt.*.tmp`, a checkpoint's size
+    each). Only the run's own main process writes in its folder, so at its start every such file is stale."""
+    stale = [p for p in run_dir.glob(".*.pt.*.tmp") if p.is_file()] if run_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load(path: Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (a run folder holds {LAST}, {BEST}, step_*.pt)")

@@ -286,6 +286,8 @@ def _stream_config(data, micro: int, ctx: Context, epoch: int, seed: int) -> Str
 
 def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: TrainConfig) -> dict:
     last = run_dir / checkpoint.LAST
+    if ctx.main:
+        checkpoint.sweep_partial(run_dir)
     if resume:
         saved = checkpoint.load(last, map_location=ctx.device)
         trainer.load_state_dict(saved)

@@ -1,19 +1,29 @@
 """Recipes: which clips a dataset has, with which label and split, and where each clip's media comes from.
 
-A recipe is a function `(definition, options) -> list[Clip]`, registered by name with `@recipe("name")`;
-dataset definitions (class lists, Kinetics releases) live in manifests/datasets.toml.
+A recipe is a function `(definition, options) -> Plan`, registered by name with `@recipe("name")`; dataset
+definitions (class lists, Kinetics releases) live in manifests/datasets.toml.
+
+Annotation files come from the internet (`--annotations URL`), so every field is untrusted input. A row that
+cannot be read (a missing field, a time that is not a finite number) is rejected by its recipe with its
+file:line; every clip is then checked here (`problem`): split names from a safe alphabet (they become file
+names), labels printable without path separators, times finite with 0 <= start < end. Rejected rows are
+counted and listed, never fatal one by one; a plan with no clip left is an error that says why.
 """
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import importlib
+import io
+import math
 import os
+import re
 import tomllib
 import urllib.request
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 RECIPES: dict[str, Callable] = {}
 _MODULES = ("kinetics", "ucf101", "hmdb51", "esc50", "vggsound", "folder", "demo")
@@ -31,6 +41,54 @@ class Clip:
     path: str | None = None  # local media file, for datasets read from a local copy
     audio_only: bool = False
     extra: dict = dataclasses.field(default_factory=dict)  # recipe-specific json fields (folds, ...)
+    origin: str = ""  # the annotation row it came from, "file:line" (for messages)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a recipe made of its annotations: the clips, the rows it rejected as (file:line, why) and how many
+    rows name a class the dataset does not have (Kinetics-Sounds from the full Kinetics CSVs: most of them)."""
+    clips: list[Clip]
+    rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    other_classes: int = 0
+
+
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")  # split names become shard and ledger file names
+BAD_LABEL = re.compile(r"[\x00-\x1f\x7f/\\]")  # labels are printed and stored: no control characters, no separators
+
+
+def problem(clip: Clip) -> str | None:
+    """Why a clip cannot be built as planned (None when it can)."""
+    if not SPLIT_NAME.fullmatch(clip.split or ""):
+        return f"split {clip.split!r} is not 1-32 letters, digits, '_' or '-' starting with a letter or digit"
+    if clip.label is not None and (not clip.label.strip() or len(clip.label) > 128 or BAD_LABEL.search(clip.label)):
+        return f"label {clip.label!r} is empty, too long or holds control characters or path separators"
+    if not clip.clip_id or any(ord(c) < 32 for c in clip.clip_id):
+        return f"clip id {clip.clip_id!r} is empty or holds control characters"
+    times = [t for t in (clip.start, clip.end) if t is not None]
+    if any(not math.isfinite(t) for t in times):
+        return f"time {times} is not a finite number"
+    if clip.start is not None and clip.start < 0:
+        return f"start {clip.start} is negative"
+    if clip.start is not None and clip.end is not None and not clip.start < clip.end:
+        return f"end {clip.end} is not after start {clip.start}"
+    return None
+
+
+def seconds(value: str | None) -> float:
+    """A time field as a finite float; ValueError naming the value otherwise."""
+    number = float((value or "").strip())
+    if not math.isfinite(number):
+        raise ValueError(f"time {value!r} is not finite")
+    return number
+
+
+def open_annotation(path: Path) -> IO[str]:
+    """A text stream of an annotation file: UTF-8 with or without a byte-order mark (Excel), gzip or plain."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path) if gzipped else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
 @dataclasses.dataclass
@@ -76,23 +134,41 @@ def class_list(relative: str) -> list[str]:
     return sorted({line.strip() for line in manifest_text(relative).splitlines() if line.strip()})
 
 
-def plan(dataset: str, options: RecipeOptions) -> list[Clip]:
-    """Every clip of `dataset` (before partitioning), filtered by --split/--classes."""
+def plan(dataset: str, options: RecipeOptions) -> Plan:
+    """Every clip of `dataset` (before partitioning), checked, filtered by --split/--classes; an error when no
+    clip is left."""
     defs = definitions()
     if dataset not in defs:
         raise RecipeError(f"unknown dataset {dataset!r}; choose one of: {', '.join(defs)}")
     definition = dict(defs[dataset], name=dataset)
     for module in _MODULES:
         importlib.import_module(f"avtools.recipes.{module}")
-    clips = RECIPES[definition["recipe"]](definition, options)
+    try:
+        made = RECIPES[definition["recipe"]](definition, options)
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{dataset}: an annotation file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    checked = []
+    for clip in made.clips:
+        why = problem(clip)
+        if why:
+            made.rejected.append((clip.origin or clip.clip_id, why))
+        else:
+            checked.append(clip)
+    made.clips = checked
     if options.splits:
-        clips = [c for c in clips if c.split in options.splits]
+        made.clips = [c for c in made.clips if c.split in options.splits]
     if options.classes:
-        unknown = set(options.classes) - {c.label for c in clips}
+        unknown = set(options.classes) - {c.label for c in made.clips}
         if unknown:
             raise RecipeError(f"--classes not in {dataset}: {sorted(unknown)}")
-        clips = [c for c in clips if c.label in options.classes]
-    return clips
+        made.clips = [c for c in made.clips if c.label in options.classes]
+    if not made.clips:
+        raise RecipeError(f"no clip of {dataset} is left to build: {len(made.rejected)} annotation row(s) rejected"
+                          + (f" (the first: {': '.join(made.rejected[0])})" if made.rejected else "")
+                          + f", {made.other_classes} row(s) of classes {dataset} does not have"
+                          + (f", --split {options.splits}" if options.splits else "")
+                          + f"; are these {dataset}'s annotation files?")
+    return made
 
 
 def fetch_annotation(location: str, cache: Path | None) -> Path:

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 from avtools.fetch import MEDIA_SUFFIXES
-from avtools.recipes import Clip, RecipeError, RecipeOptions, recipe
+from avtools.recipes import Clip, Plan, RecipeError, RecipeOptions, recipe
 
 SPLIT_FOLDERS = ("train", "val", "test")
 
@@ -20,7 +20,7 @@ def hashed_split(relative: str, val_fraction: float) -> str:
 
 
 @recipe("folder")
-def folder(definition: dict, options: RecipeOptions) -> list[Clip]:
+def folder(definition: dict, options: RecipeOptions) -> Plan:
     root = options.source
     if root is None or not Path(root).is_dir():
         raise RecipeError(f"folder needs --source DIR with class subfolders, got {root}")
@@ -40,5 +40,5 @@ def folder(definition: dict, options: RecipeOptions) -> list[Clip]:
         relative = path.relative_to(root).with_suffix("").as_posix()
         clips.append(Clip(clip_id=relative.replace("/", "__"), label=cls,
                           split=split or hashed_split(relative, options.val_fraction),
-                          label_index=index[cls], path=str(path)))
-    return clips
+                          label_index=index[cls], path=str(path), origin=str(path)))
+    return Plan(clips)

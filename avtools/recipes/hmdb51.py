@@ -10,26 +10,30 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avtools.recipes import Clip, RecipeError, RecipeOptions, recipe
-from avtools.recipes.ucf101 import find_split_dir, index_videos, read_lines
+from avtools.recipes import Clip, Plan, RecipeError, RecipeOptions, recipe
+from avtools.recipes.ucf101 import find_split_dir, index_videos, numbered_lines, read_lines
 
 ROLES = {"0": "unused", "1": "train", "2": "test"}
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<fold>[123])\.txt$")
 
 
-def read_official_splits(split_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
-    """{video file name: (class, {fold: role})} from the official split files."""
-    videos: dict[str, tuple[str, dict[str, str]]] = {}
+def read_official_splits(split_dir: Path) -> tuple[dict[str, tuple[str, dict[str, str], str]], list[tuple[str, str]]]:
+    """{video file name: (class, {fold: role}, file:line)} from the official split files, and the rows that
+    are not `<video> <0|1|2>` as (file:line, why)."""
+    videos: dict[str, tuple[str, dict[str, str], str]] = {}
+    rejected = []
     files = [(m, p) for p in sorted(Path(split_dir).iterdir()) if (m := _SPLIT_FILE.match(p.name))]
     if not files:
         raise RecipeError(f"{split_dir} holds no <class>_test_split<N>.txt files")
     for match, path in files:
-        for line in read_lines(path):
-            name, role = line.split()
-            if role not in ROLES:
-                raise RecipeError(f"{path}: split id {role!r} is not 0, 1 or 2")
-            videos.setdefault(name, (match["cls"], {}))[1][match["fold"]] = ROLES[role]
-    return videos
+        for n, line in numbered_lines(path):
+            fields = line.split()
+            if len(fields) != 2 or fields[1] not in ROLES:
+                rejected.append((f"{path}:{n}", f"not '<video> <split id 0, 1 or 2>': {line[:80]!r}"))
+                continue
+            name, role = fields
+            videos.setdefault(name, (match["cls"], {}, f"{path}:{n}"))[1][match["fold"]] = ROLES[role]
+    return videos, rejected
 
 
 def read_tsn_list(path: Path) -> list[tuple[str, int]]:
@@ -38,12 +42,12 @@ def read_tsn_list(path: Path) -> list[tuple[str, int]]:
 
 
 @recipe("hmdb51")
-def hmdb51(definition: dict, options: RecipeOptions) -> list[Clip]:
-    videos = read_official_splits(find_split_dir(options, "testTrainMulti_7030_splits"))
-    classes = sorted({cls for cls, _ in videos.values()})
+def hmdb51(definition: dict, options: RecipeOptions) -> Plan:
+    videos, rejected = read_official_splits(find_split_dir(options, "testTrainMulti_7030_splits"))
+    classes = sorted({cls for cls, _, _ in videos.values()})
     index = {name: i for i, name in enumerate(classes)}
     files = index_videos(options.source)
-    return [Clip(clip_id=Path(name).stem, label=cls, split=folds.get(str(options.fold), "unused"),
-                 label_index=index[cls], path=str(files.get(name.lower(), Path(options.source) / cls / name)),
-                 extra={"folds": folds})
-            for name, (cls, folds) in sorted(videos.items())]
+    return Plan([Clip(clip_id=Path(name).stem, label=cls, split=folds.get(str(options.fold), "unused"),
+                      label_index=index[cls], path=str(files.get(name.lower(), Path(options.source) / cls / name)),
+                      extra={"folds": folds}, origin=where)
+                 for name, (cls, folds, where) in sorted(videos.items())], rejected)

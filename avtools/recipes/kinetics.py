@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 
-from avtools.recipes import Clip, RecipeError, RecipeOptions, class_list, fetch_annotation, label_indices, recipe
+from avtools.recipes import (Clip, Plan, RecipeError, RecipeOptions, class_list, fetch_annotation, label_indices,
+                             open_annotation, recipe, seconds)
 
 OFFICIAL = "https://s3.amazonaws.com/kinetics/{release}/annotations/{split}.csv"
 RELEASES = {400: "400", 600: "600", 700: "700_2020"}
@@ -19,14 +20,17 @@ def default_annotations(version: int, splits: list[str] | None) -> list[str]:
     return [OFFICIAL.format(release=RELEASES[version], split=s) for s in (splits or SPLITS)]
 
 
-def read_kinetics_csv(path) -> list[dict]:
-    """Rows of an official Kinetics CSV as dicts; raises RecipeError on a file of another format."""
-    with open(path, newline="") as f:
+COLUMNS = ("youtube_id", "time_start", "time_end", "split")
+
+
+def read_kinetics_csv(path) -> list[tuple[int, dict]]:
+    """(line, row) of an official Kinetics CSV, rows as dicts; raises RecipeError on a file of another format."""
+    with open_annotation(path) as f:
         reader = csv.DictReader(f)
-        missing = {"youtube_id", "time_start", "time_end", "split"} - set(reader.fieldnames or ())
+        missing = set(COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise RecipeError(f"{path} is not a Kinetics CSV: no column(s) {sorted(missing)}")
-        return list(reader)
+        return [(reader.line_num, row) for row in reader]
 
 
 def kinetics_clip_id(youtube_id: str, start: float, end: float) -> str:
@@ -43,14 +47,24 @@ def kinetics(definition: dict, options: RecipeOptions) -> list[Clip]:
     classes = class_list(definition["classes"])
     index = label_indices(classes)
     sources = options.annotations or default_annotations(options.kinetics, options.splits)
-    clips = []
+    made = Plan([])
     for location in sources:
-        for row in read_kinetics_csv(fetch_annotation(location, options.cache)):
+        for line, row in read_kinetics_csv(fetch_annotation(location, options.cache)):
             label = (row.get("label") or "").strip()
             if label not in index:
+                made.other_classes += 1
                 continue
-            start, end = float(row["time_start"]), float(row["time_end"])
-            clips.append(Clip(
-                clip_id=kinetics_clip_id(row["youtube_id"], start, end), label=label, split=row["split"].strip(),
-                label_index=index[label], youtube_id=row["youtube_id"], start=start, end=end))
-    return clips
+            where = f"{location}:{line}"
+            if any(row.get(c) is None for c in COLUMNS) or not row["youtube_id"].strip():
+                made.rejected.append((where, f"a field is missing ({', '.join(COLUMNS)})"))
+                continue
+            try:
+                start, end = seconds(row["time_start"]), seconds(row["time_end"])
+            except ValueError as exc:
+                made.rejected.append((where, str(exc)))
+                continue
+            youtube_id = row["youtube_id"].strip()
+            made.clips.append(Clip(
+                clip_id=kinetics_clip_id(youtube_id, start, end), label=label, split=row["split"].strip(),
+                label_index=index[label], youtube_id=youtube_id, start=start, end=end, origin=where))
+    return made

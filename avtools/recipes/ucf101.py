@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from avtools.recipes import Clip, RecipeError, RecipeOptions, recipe
+from avtools.recipes import Clip, Plan, RecipeError, RecipeOptions, open_annotation, recipe
 
 FOLDS = (1, 2, 3)
 
 
 def read_lines(path: Path) -> list[str]:
     """Non-empty lines without their line endings (CRLF or LF)."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return [line for _, line in numbered_lines(path)]
+
+
+def numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of the non-empty lines, without their line endings (CRLF or LF)."""
+    with open_annotation(Path(path)) as f:
+        return [(n, line.strip()) for n, line in enumerate(f.read().splitlines(), 1) if line.strip()]
 
 
 def read_class_index(split_dir: Path) -> list[str]:
@@ -24,10 +30,15 @@ def read_class_index(split_dir: Path) -> list[str]:
     return [name for _, name in pairs]
 
 
-def read_splits(split_dir: Path) -> dict[int, dict[str, list[str]]]:
-    """{fold: {"train": [Class/v_*.avi, ...], "test": [...]}} from trainlist0N.txt / testlist0N.txt."""
-    return {fold: {role: [line.split()[0] for line in read_lines(split_dir / f"{role}list0{fold}.txt")]
-                   for role in ("train", "test")} for fold in FOLDS}
+def read_splits(split_dir: Path) -> dict[int, dict[str, list[tuple[str, str]]]]:
+    """{fold: {"train": [(Class/v_*.avi, file:line), ...], "test": [...]}} from trainlist0N.txt / testlist0N.txt."""
+    lists = {}
+    for fold in FOLDS:
+        lists[fold] = {}
+        for role in ("train", "test"):
+            path = split_dir / f"{role}list0{fold}.txt"
+            lists[fold][role] = [(line.split()[0], f"{path}:{n}") for n, line in numbered_lines(path)]
+    return lists
 
 
 def find_split_dir(options: RecipeOptions, name: str) -> Path:
@@ -45,21 +56,27 @@ def index_videos(source: Path | None) -> dict[str, Path]:
 
 
 @recipe("ucf101")
-def ucf101(definition: dict, options: RecipeOptions) -> list[Clip]:
+def ucf101(definition: dict, options: RecipeOptions) -> Plan:
     split_dir = find_split_dir(options, "ucfTrainTestlist")
     classes = read_class_index(split_dir)
     index = {name.lower(): i for i, name in enumerate(classes)}
     videos = index_videos(options.source)
     roles: dict[str, dict[str, str]] = {}
+    origins: dict[str, str] = {}
+    made = Plan([])
     for fold, lists in read_splits(split_dir).items():
         for role, entries in lists.items():
-            for entry in entries:
+            for entry, where in entries:
+                folder, _, name = entry.partition("/")
+                if folder.lower() not in index or not name:
+                    made.rejected.append((where, f"{entry!r} is not <class in classInd.txt>/<video>"))
+                    continue
                 roles.setdefault(entry, {})[str(fold)] = role
-    clips = []
+                origins.setdefault(entry, where)
     for entry, folds in sorted(roles.items()):
         folder, name = entry.split("/", 1)
-        label = classes[index[folder.lower()]]
         path = videos.get(name.lower(), Path(options.source) / folder / name)
-        clips.append(Clip(clip_id=Path(name).stem, label=label, split=folds[str(options.fold)],
-                          label_index=index[folder.lower()], path=str(path), extra={"folds": folds}))
-    return clips
+        made.clips.append(Clip(clip_id=Path(name).stem, label=classes[index[folder.lower()]],
+                               split=folds.get(str(options.fold), "unused"), label_index=index[folder.lower()],
+                               path=str(path), extra={"folds": folds}, origin=origins[entry]))
+    return made

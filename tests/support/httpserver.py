@@ -1,8 +1,9 @@
 """A range-capable HTTP server on 127.0.0.1 for fetch tests and benchmarks.
 
 Serves files from one folder with `Range` support (what ffmpeg and yt-dlp need to seek), and a few
-scripted misbehaviours keyed by path: `/status/404/...`, an HTML page served as video, and paths that
-answer 429 a given number of times before they succeed. Counts the bytes it sends per path.
+scripted misbehaviours keyed by path: `/status/404/...`, an HTML page served as video, paths that
+answer 429 a given number of times before they succeed, and paths whose GET sends its headers and then nothing
+(`stalled`; HEAD answers normally) until the server stops. Counts the bytes it sends per path.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class MediaServer:
         self.rate_limited: dict[str, int] = {}  # name -> remaining 429 answers
         self.html_pages: set[str] = set()
         self.missing: set[str] = set()
+        self.stalled: set[str] = set()
+        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.handle_error = lambda request, address: None  # clients hanging up mid-transfer is normal
@@ -45,6 +48,7 @@ class MediaServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -122,6 +126,10 @@ class MediaServer:
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
                 if not body:
+                    return
+                if name in server.stalled:
+                    self.wfile.flush()
+                    server._stop.wait()  # headers sent, then nothing: a server that stalls
                     return
                 with open(path, "rb") as f:
                     f.seek(start)
