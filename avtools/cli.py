@@ -152,6 +152,9 @@ def inspect(
     views: str = typer.Option(None, help="Save a PNG of the views one sample gives this method (avcl, tcgl, "
                                          "temporal-av, xmodal, simclr): frames and log-mels, as the model sees them."),
     png: Path = typer.Option(None, help="Where --views writes its PNG (default: views-METHOD.png)."),
+    preset: str = typer.Option(None, help="With --views: a named preset, as `avtools train --preset`."),
+    config: Path = typer.Option(None, help="With --views: a TOML file of overrides, as `avtools train --config`."),
+    set_: list[str] = typer.Option(None, "--set", help="With --views: override one key, as `avtools train --set`."),
 ):
     """Describe a dataset (counts, classes, one sample's metadata) or shards; with --views, draw a method's views."""
     from avtools.inspect import describe
@@ -161,11 +164,12 @@ def inspect(
         if views:
             from avtools.views_png import save_views_png
 
-            written = save_views_png(url, views, png or Path(f"views-{views}.png"))
+            written = save_views_png(url, views, png or Path(f"views-{views}.png"), preset=preset, config_file=config,
+                                     overrides=list(set_ or []))
             console.print(f"wrote {written}")
             return
         info = describe(url)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         fail(f"cannot read {url}: {exc}")
     if as_json:
         print(json.dumps(info, indent=1))
@@ -207,7 +211,9 @@ def train(
     max_steps: int = typer.Option(None, help="Stop after this many optimiser steps instead."),
     batch_size: int = typer.Option(None, help="Global batch, split over GPUs and accumulation steps."),
     device: str = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt (refused when the config "
+                                             "differs in anything but steps, logging, workers or device)."),
+    allow_config_change: bool = typer.Option(False, help="With --resume: continue even though the config changed."),
 ):
     """Pre-train a method on shards; one GPU, or many with `torchrun --nproc-per-node N -m avtools train ...`."""
     from avcl.train.config import ConfigError, load
@@ -221,7 +227,7 @@ def train(
             overrides.append(f"{key}={json.dumps(value)}")
     try:
         resolved = load(method, config, overrides, preset)
-        run_training(resolved, out, resume=resume)
+        run_training(resolved, out, resume=resume, allow_config_change=allow_config_change)
     except (ConfigError, TrainingError, KeyError) as exc:
         fail(str(exc))
 

@@ -1,8 +1,10 @@
 """`avtools inspect --views METHOD`: a PNG of what the model sees from one sample under a method's views.
 
-One row per view: a few of its frames after the training augmentation (de-normalised for display) and, when
-the method uses audio, the view's log-mel; titles carry the labels the method learns from (speed, direction,
-order).
+The method's config is resolved as `avtools train` resolves it (its preset, `--preset`, `--config`, `--set`),
+so the PNG shows the views and the augmentation training gets: its frames, frame step and canvas, its crops,
+flips and colour jitter (or none, as TCGL's preset), its log-mel settings. One row per view: a few of its
+frames after the training augmentation (de-normalised for display) and, when the method uses audio, the view's
+log-mel; titles carry the labels the method learns from (speed, direction, order).
 """
 from __future__ import annotations
 
@@ -15,25 +17,30 @@ from avtools.inspect import first_raw_sample
 FRAMES_SHOWN = 6
 
 
-def save_views_png(url: str, method: str, out: Path, seed: int = 0) -> Path:
+def save_views_png(url: str, method: str, out: Path, seed: int = 0, preset: str | None = None,
+                   config_file: Path | None = None, overrides: list[str] = ()) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
+    import avcl.methods as methods
     from avcl.data.augment import DeviceAugment
     from avcl.data.stream import collate
-    from avcl.data.views import METHOD_VIEWS, make_views
+    from avcl.data.views import make_views, run_spec
+    from avcl.train.config import load
 
-    if method not in METHOD_VIEWS:
-        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHOD_VIEWS)}")
-    spec = METHOD_VIEWS[method]
+    config = load(method, config_file, list(overrides), preset)
+    spec = run_spec(methods.build(method, config.method).view_spec(), config.data)
     sample = first_raw_sample(url)
     views = make_views(sample, spec, np.random.default_rng(seed))
-    augment = DeviceAugment()
+    augment = DeviceAugment(config.video, config.mel, config.spec_augment)
     seen = augment(collate([views]), train=True, generator=torch.Generator().manual_seed(seed))
-    video = (seen["video"][0] * augment.std[0] + augment.mean[0]).clamp(0, 1)  # [N, 3, T, H, W]
+    video = seen["video"][0]  # [N, 3, T, H, W]
+    if config.video.normalize:
+        video = video * augment.std[0] + augment.mean[0]
+    video = video.clamp(0, 1)
     audio = seen.get("audio")
     n, columns = video.shape[0], FRAMES_SHOWN + (audio is not None)
     fig, axes = plt.subplots(n, columns, figsize=(1.6 * columns + 1.4 * (audio is not None), 1.7 * n), squeeze=False)

@@ -3,6 +3,7 @@ the switches build and run; temporal-av's queue, momentum encoder and sample-dep
 learn labels that the input carries and stay at chance on labels it does not."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,8 @@ TERMS = {
     "avcl": {"xm", "acc_v2a", "ff", "acc_ff", "beta_video", "cgra"},
     "tcgl": {"intra", "inter", "order_ce", "order_acc"},
     "temporal-av": {"con", "temp", "vv", "va", "same_video_negatives", "av_order", "av_order_acc"}
-    | {f"{m}_{t}{acc}" for m in ("video", "audio") for t in ("speed", "direction", "order") for acc in ("", "_acc")},
+    | {f"{m}_{t}{acc}" for m in ("video", "audio") for t in ("speed", "direction", "order") for acc in ("", "_acc")}
+    | {f"speed_share_{k}" for k in (1, 2, 4, 8)},
 }
 
 
@@ -64,8 +66,13 @@ SWITCHES = [
     ("tcgl", {"video_backbone": "c3d"}), ("tcgl", {"snippets": 4}), ("tcgl", {"asop_dropout": 0.1}),
     ("temporal-av", {"queue_source": "online_stopgrad"}), ("temporal-av", {"hard_negatives": "mochi", "mochi_from": 8}),
     ("temporal-av", {"pairs": ("vv", "va", "aa")}), ("temporal-av", {"tasks": ("speed",)}),
-    ("temporal-av", {"nn_k": 0, "queue_size": 0}), ("temporal-av", {"speed_clips_as": "positives"}),
+    ("temporal-av", {"nn_k": 0, "queue_size": 0}), ("temporal-av", {"same_video": "relabel"}),
     ("temporal-av", {"temporal_negatives": ()}), ("temporal-av", {"video_backbone": "r3d_18", "audio_backbone": "conv2d_10"}),
+    ("temporal-av", {"va_positives": "same_video"}), ("temporal-av", {"nn_source": "key"}),
+    ("temporal-av", {"nn_source": "positive_key"}), ("temporal-av", {"nn_warmup_steps": 1}),
+    ("temporal-av", {"tau_vv": 0.2, "tau_va": 0.05}), ("temporal-av", {"task_weights": {"speed": 0.5}}),
+    ("temporal-av", {"audio_window": "seconds", "audio_speed": "box"}), ("tcgl", {"video_backbone": "r2plus1d_vcop"}),
+    ("avcl", {"selfcl_views": "two_clips"}),
 ]
 
 
@@ -114,20 +121,58 @@ def test_momentum_encoder_follows_the_online_one():
 
 
 def test_sample_dependent_pairs():
-    """Two clips of a video are positives only when their temporal transformations agree."""
+    """By default a video's other clip is always a positive; `same_video = "relabel"` (the old preset, an
+    ablation) keeps it only when speed and direction agree."""
     method = tiny("temporal-av")
     batch = batch_for(method, batch=2)
     batch["speed"] = torch.tensor([[0, 0], [0, 2]])
     batch["direction"] = torch.tensor([[0, 1], [1, 1]])
-    same, compatible, itself = method.pair_masks(batch, 2, 2)
+    same, itself = method.pair_masks(batch, 2, 2)
     assert same.tolist() == [[True, True, False, False], [True, True, False, False],
                              [False, False, True, True], [False, False, True, True]]
-    assert compatible.tolist() == [[True, False, False, False], [False, True, False, False],
-                                   [False, False, True, False], [False, False, False, True]]
     assert torch.equal(itself, torch.eye(4, dtype=torch.bool))
-    speed_ok = tiny("temporal-av", speed_clips_as="positives").pair_masks(batch, 2, 2)[1]
-    assert speed_ok[2, 3] and not speed_ok[0, 1]  # sample 1 differs only in speed, sample 0 in direction
-    assert tiny("temporal-av", temporal_negatives=()).pair_masks(batch, 2, 2)[1].equal(same)
+    assert torch.equal(method.other_clip_masks(batch, same, itself), same & ~itself)
+    relabelled = tiny("temporal-av", same_video="relabel").other_clip_masks(batch, same, itself)
+    assert not relabelled.any()  # sample 0 differs in direction, sample 1 in speed
+
+
+def test_every_vv_query_keeps_its_other_clip_over_sampled_plans():
+    from avcl.data.views import plan_clips
+
+    method = tiny("temporal-av")
+    spec = method.view_spec()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        plans, _ = plan_clips(dataclasses.replace(spec, audio_seconds=1.0), 160, 16.0, rng)
+        batch = {"speed": torch.tensor([[spec.speeds.index(p.speed) for p in plans]]),
+                 "direction": torch.tensor([[int(p.direction < 0) for p in plans]])}
+        same, itself = method.pair_masks(batch, 1, 2)
+        positive = method.other_clip_masks(batch, same, itself)
+        assert positive[0, 1] and positive[1, 0]
+
+
+def test_each_new_switch_changes_the_loss():
+    base = {"queue_size": 64, "nn_k": 2}
+    reference = tiny("temporal-av", **base)
+    changed = {"same_video": "relabel", "va_positives": "same_video", "nn_source": "positive_key",
+               "tau_vv": 0.3, "tau_va": 0.03, "task_weights": {"speed": 3.0}, "temporal_negatives": ("reverse",),
+               "nn_warmup_steps": 5}
+    batch = batch_for(reference, batch=4)
+    batch["speed"] = torch.tensor([[0, 1], [2, 2], [0, 3], [1, 1]])
+    batch["direction"] = torch.tensor([[0, 1], [0, 0], [1, 1], [0, 1]])
+
+    def loss_of(**overrides):
+        torch.manual_seed(0)
+        method = tiny("temporal-av", **base, **overrides)
+        method.load_state_dict(reference.state_dict())
+        method(batch)  # fill the queue
+        method.eval()
+        torch.manual_seed(1)
+        return float(method(batch)[0].detach())
+
+    plain = loss_of()
+    for key, value in changed.items():
+        assert loss_of(**{key: value}) != pytest.approx(plain, rel=1e-6), key
 
 
 # ---- temporal heads learn what the input carries, and nothing else ----------------------------------------

@@ -8,7 +8,7 @@ import torch
 from avcl import models
 
 TORCHVISION = json.loads((Path(__file__).parent / "data" / "torchvision_video_resnets.json").read_text())
-VIDEO = ["c3d", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "r3d_10", "r3d_18", "r3d_34"]
+VIDEO = ["c3d", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "r3d_10", "r3d_18", "r3d_34", "r2plus1d_vcop"]
 AUDIO = ["conv2d_10", "resnet18_2d", "resnet9_2d"]
 
 

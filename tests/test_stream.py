@@ -14,7 +14,8 @@ import pytest
 
 from avcl.data.sources import SourceError, resolve, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
-from avcl.data.views import METHOD_VIEWS, ViewSpec, eval_spec, make_views, permutations, run_spec
+import avcl.methods as methods
+from avcl.data.views import ViewSpec, eval_spec, make_views, permutations, run_spec
 from tests.conftest import TIMECODED_FPS
 from tests.support.httpserver import MediaServer
 from tests.support.timecoded import burst_onsets, frame_index
@@ -147,8 +148,9 @@ def test_evaluation_views_keep_the_frame_step_of_training(timecoded_dataset):
     from avcl.eval.features import FeatureSpec, feature_views
     from avcl.train.config import DataConfig
 
-    trained = run_spec(METHOD_VIEWS["xmodal"], DataConfig(stride=2, canvas=64))
-    assert (trained.stride, trained.frames, trained.canvas) == (2, METHOD_VIEWS["xmodal"].frames, 64)
+    own = methods.build("xmodal").view_spec()
+    trained = run_spec(own, DataConfig(stride=2, canvas=64))
+    assert (trained.stride, trained.frames, trained.canvas) == (2, own.frames, 64)
     views = make_views(timecoded_sample(timecoded_dataset), feature_views(FeatureSpec(clips=2, frames=8), trained), None)
     for clip in views["video"]:
         assert np.all(np.diff(frame_indices(clip)) == 2)

@@ -5,13 +5,21 @@ stored fps, or at the rate `fps` asks for: an evaluation protocol's 16 fps read 
 1.5625th stored frame), at which playback speeds (frame skip k) and directions; TCGL's tuples (snippets with gaps, shuffled,
 with the permutation's index as label); and the audio window that goes with each clip.
 
+Each method builds its own ViewSpec from its resolved config (`Method.view_spec`); `run_spec` applies the run's
+data settings (frames, stride, canvas), so a preset, `--config` or `--set` changes what the stream samples.
+
 Timing rule (the same as the builder's): stored frame i shows time i / fps and audio sample j plays at j / rate.
 A clip of T frames, stride s and speed k covers [t0, t0 + T*s*k / fps). Its audio window has the same centre and
-covers `audio_seconds * k` of real time, so at speed 1 with `audio_seconds == T*s/fps` it has the same start and
-span as the frames. Speed k shortens that audio to `audio_seconds` by averaging each k samples (a box low-pass,
-then decimation: time compresses and pitch rises, as in playback), and a backward clip reverses its waveform.
-Outside the recording the window is zero-padded. Audio-only samples (`video=False`, e.g. ESC-50) plan their
-windows on a 100 Hz grid of the recording instead of on frames.
+covers `audio_seconds * k` of real time (`audio_seconds = 0`: the clip's own span at speed 1, T*s / the sampled
+rate, so audio stays with its frames at any frame rate). Speed k shortens that audio to `audio_seconds`:
+`audio_speed = "resample"` low-passes below the new Nyquist frequency (an FFT brick wall) and decimates, as
+playback at k times the speed would (time compresses, pitch rises, nothing aliases); `"box"` averages each k
+samples (aliases: a low-level cue to the speed). A backward clip reverses its waveform. Outside the recording a
+window is zero-padded, except the inter-modal order task's: clip 0 is placed so that its three windows (before,
+at, after) lie inside the recording, and a sample too short for that gets the label -1 (ignored). Disjoint clips
+take their speeds one after the other among those that still fit, so on a 10 s clip at 16 fps one clip can be at
+speed 8 (128 frames) beside one at speed 1. Audio-only samples (`video=False`, e.g. ESC-50) plan their windows on
+a 100 Hz grid of the recording instead of on frames.
 """
 from __future__ import annotations
 
@@ -38,32 +46,39 @@ class ViewSpec:
     disjoint: bool = False  # clips from non-overlapping windows (ordering tasks)
     tuple_gap: int | None = None  # TCGL: consecutive snippets `tuple_gap` frames apart, shuffled, order label
     audio: bool = True
-    audio_seconds: float = 1.0
-    inter_order: bool = False  # an extra audio window before / at / after clip 0 with a 3-way label
+    audio_seconds: float = 1.0  # 0: the clip's span, frames * stride / fps (run_spec resolves it)
+    audio_speed: str = "resample"  # resample (anti-aliased) | box (averages k samples)
+    inter_order: bool = False  # an extra audio window before / at / after clip 0 with a 3-way label (2 clips)
     canvas: int = 128  # frames leave the CPU as canvas x canvas crops; the device does the random resized crop
     test_clips: int = 0  # evaluation: this many clips evenly spaced, deterministic (replaces `clips`)
     video: bool = True  # False: audio windows only (audio-only samples)
     fps: float = 0.0  # frame rate clips are sampled at from the stored frames (0: the stored rate, consecutive)
+    same_window: bool = False  # every clip is the first one's window again (two augmentations of one clip)
+    min_frames: int = 0  # videos with fewer stored frames are skipped (counted as bad data), never padded
+
+    def __post_init__(self):
+        if self.audio_speed not in ("resample", "box"):
+            raise ValueError(f"audio_speed must be resample or box, not {self.audio_speed!r}")
+        if self.inter_order and self.clips != 2 and not self.test_clips:
+            raise ValueError("the inter-modal order task needs exactly 2 clips per video")
 
     @property
     def n_clips(self) -> int:
         return self.test_clips or self.clips
 
 
-METHOD_VIEWS = {
-    "xmodal": ViewSpec(clips=1, audio_seconds=1.0),
-    "simclr": ViewSpec(clips=2, audio=False),
-    "avcl": ViewSpec(clips=2, audio_seconds=2.0),
-    "temporal-av": ViewSpec(clips=2, speeds=(1, 2, 4, 8), directions=(1, -1), disjoint=True, inter_order=True),
-    "tcgl": ViewSpec(clips=3, tuple_gap=8, audio=False),
-}
-
-
 def run_spec(spec: ViewSpec, data) -> ViewSpec:
     """A method's views as a run's data config (`DataConfig`) sets them: its canvas, and its frames and frame step
-    where given. Evaluation derives its views from these, so features see the frame step training saw."""
+    where given; an audio window of 0 s becomes the clip's span. Evaluation derives its views from these, so
+    features see the frame step training saw."""
     overrides = {k: v for k, v in (("frames", data.frames), ("stride", data.stride)) if v}
-    return dataclasses.replace(spec, canvas=data.canvas, **overrides)
+    spec = dataclasses.replace(spec, canvas=data.canvas, **overrides)
+    if spec.audio and not spec.audio_seconds:
+        if not spec.fps:
+            raise ValueError("an audio window as long as the clip (audio_seconds 0) needs the clips' sampling rate "
+                             "(a method's clip_fps)")
+        spec = dataclasses.replace(spec, audio_seconds=spec.frames * spec.stride / spec.fps)
+    return spec
 
 
 def eval_spec(spec: ViewSpec, test_clips: int) -> ViewSpec:
@@ -87,6 +102,8 @@ def plan_clips(spec: ViewSpec, n_frames: int, fps: float, rng: np.random.Generat
 
     `window` (fractions of the video) restricts where clips may lie: a temporally trimmed query.
     """
+    if n_frames < spec.min_frames:
+        raise SampleError(f"{n_frames} frames, fewer than the {spec.min_frames} the method needs: skipped")
     first = int(window[0] * n_frames)
     if window != (0.0, 1.0):
         plans, order = plan_clips(spec, max(1, int(window[1] * n_frames) - first), fps, rng)
@@ -94,16 +111,67 @@ def plan_clips(spec: ViewSpec, n_frames: int, fps: float, rng: np.random.Generat
     if spec.tuple_gap is not None:
         return _plan_tuple(spec, n_frames, fps, rng)
     step = frame_step(spec, fps)
-    speeds = [1] * spec.n_clips if spec.test_clips else rng.choice(_fitting_speeds(spec, n_frames, step), spec.n_clips).tolist()
-    directions = [1] * spec.n_clips if spec.test_clips else rng.choice(spec.directions, spec.n_clips).tolist()
+    if spec.test_clips:
+        speeds, directions = [1] * spec.n_clips, [1] * spec.n_clips
+    elif spec.disjoint:
+        speeds, directions = _disjoint_speeds(spec, n_frames, step, rng), rng.choice(spec.directions, spec.n_clips).tolist()
+    else:
+        speeds = rng.choice(_fitting_speeds(spec, n_frames, step), spec.n_clips).tolist()
+        directions = rng.choice(spec.directions, spec.n_clips).tolist()
     lengths = [_window(spec.frames, step * k) for k in speeds]
-    starts = _starts(spec, lengths, n_frames, rng)
+    if spec.disjoint and spec.inter_order and not spec.test_clips:
+        starts = _starts_with_order_margin(spec, lengths, speeds[0], n_frames, fps, rng)
+    else:
+        starts = _starts(spec, lengths, n_frames, rng)
+    if spec.same_window:
+        starts, lengths, speeds = [starts[0]] * spec.n_clips, [lengths[0]] * spec.n_clips, [speeds[0]] * spec.n_clips
+        directions = [directions[0]] * spec.n_clips
     plans = []
     for start, length, speed, direction in zip(starts, lengths, speeds, directions):
         offsets = np.round(np.arange(spec.frames) * step * speed).astype(np.int64)
         indices = np.clip(start + offsets, 0, n_frames - 1)
         plans.append(ClipPlan(indices[::direction], start / fps, length / fps, int(speed), int(direction)))
     return plans, -1
+
+
+def _disjoint_speeds(spec: ViewSpec, n_frames: int, step: float, rng) -> list[int]:
+    """Speeds drawn one clip after the other among those whose window still fits beside the slowest windows of the
+    clips to come, then dealt to the clips in random order; with inter_order, clip 0 gets the slowest (its audio
+    windows before and after must fit in the recording)."""
+    slowest = min(spec.speeds)
+    room, chosen = n_frames, []
+    for remaining in range(spec.n_clips - 1, -1, -1):
+        fitting = [k for k in spec.speeds if _window(spec.frames, step * k) + remaining * _window(spec.frames, step * slowest) <= room]
+        speed = int(rng.choice(fitting)) if fitting else slowest
+        chosen.append(speed)
+        room -= _window(spec.frames, step * speed)
+    chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    if spec.inter_order:
+        chosen.sort()
+    return chosen
+
+
+def order_margin(spec: ViewSpec, speed: int, fps: float) -> float:
+    """Frames the inter-modal order task needs on each side of clip 0's centre: 1.5 audio windows."""
+    return 1.5 * spec.audio_seconds * speed * fps
+
+
+def _starts_with_order_margin(spec: ViewSpec, lengths: list[int], speed: int, n_frames: int, fps: float, rng) -> list[int]:
+    """Two disjoint windows, clip 0's centre at least `order_margin` from both ends when the video allows it (else
+    the plain disjoint layout; the order label is then -1)."""
+    w0, w1 = lengths
+    margin = order_margin(spec, speed, fps)
+    low, high = int(np.ceil(margin - w0 / 2)), int(np.floor(n_frames - margin - w0 / 2))
+    before = (max(low, w1), min(high, n_frames - w0))  # clip 1 before clip 0
+    after = (max(low, 0), min(high, n_frames - w0 - w1))  # clip 1 after clip 0
+    sides = [side for side, (lo, hi) in (("before", before), ("after", after)) if lo <= hi]
+    if not sides:
+        return _starts(spec, lengths, n_frames, rng)
+    side = sides[int(rng.integers(len(sides)))]
+    lo, hi = before if side == "before" else after
+    s0 = int(rng.integers(lo, hi + 1))
+    s1 = int(rng.integers(0, s0 - w1 + 1)) if side == "before" else int(rng.integers(s0 + w0, n_frames - w1 + 1))
+    return [s0, s1]
 
 
 def frame_step(spec: ViewSpec, stored_fps: float) -> float:
@@ -155,7 +223,8 @@ def _plan_tuple(spec: ViewSpec, n_frames: int, fps: float, rng) -> tuple[list[Cl
     return plans, order
 
 
-def audio_window(audio: AudioReader, centre: float, seconds: float, speed: int, direction: int) -> np.ndarray:
+def audio_window(audio: AudioReader, centre: float, seconds: float, speed: int, direction: int,
+                 mode: str = "resample") -> np.ndarray:
     """`seconds * rate` int16 samples: real time `seconds * speed` around `centre`, sped up and maybe reversed."""
     out_len = int(round(seconds * audio.rate))
     covered = out_len * speed
@@ -165,8 +234,20 @@ def audio_window(audio: AudioReader, centre: float, seconds: float, speed: int, 
     if hi > lo:
         window[lo - first:hi - first] = audio.read(lo, hi)
     if speed > 1:
-        window = window.reshape(out_len, speed).mean(axis=1).round().astype(np.int16)
+        window = speed_up(window, out_len, mode)
     return window[::direction].copy()
+
+
+def speed_up(wave: np.ndarray, out_len: int, mode: str) -> np.ndarray:
+    """int16 `wave` played len(wave) / out_len times faster, as `out_len` samples: `resample` keeps only the
+    frequencies below the new Nyquist (rfft, truncate, irfft: no aliasing); `box` averages each k samples."""
+    k = len(wave) // out_len
+    if mode == "box":
+        shortened = wave.reshape(out_len, k).mean(axis=1)
+    else:
+        spectrum = np.fft.rfft(wave.astype(np.float64))[:out_len // 2 + 1]
+        shortened = np.fft.irfft(spectrum, n=out_len) / k
+    return shortened.round().clip(-32768, 32767).astype(np.int16)
 
 
 def canvas_crop(frames: list[np.ndarray], canvas: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -215,20 +296,26 @@ def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
     if spec.audio:
         audio = AudioReader(sample)
         if audio.rate != meta["audio_rate"]:
-            raise SampleError(f"{sample.get('__key__')}: FLAC rate {audio.rate} != json audio_rate {meta['audio_rate']}")
-        views["audio"] = np.stack([audio_window(audio, p.start + p.span / 2, spec.audio_seconds, p.speed, p.direction)
-                                   for p in plans])
+            raise SampleError(f"{sample.get('__key__')}: wav rate {audio.rate} != json audio_rate {meta['audio_rate']}")
+        views["audio"] = np.stack([audio_window(audio, p.start + p.span / 2, spec.audio_seconds, p.speed, p.direction,
+                                                spec.audio_speed) for p in plans])
         if spec.inter_order:
             views["xorder"], views["audio_shifted"] = _shifted_audio(audio, plans[0], spec, rng)
     return views
 
 
 def _shifted_audio(audio: AudioReader, plan: ClipPlan, spec: ViewSpec, rng) -> tuple[np.int64, np.ndarray]:
-    """Audio for clip 0 taken one window before (0), at (1) or after (2) its frames: the inter-modal order task."""
+    """Audio for clip 0 taken one window before (0), at (1) or after (2) its frames: the inter-modal order task.
+    Label -1 (ignored) with silence when the three windows do not all lie inside the recording: padding would
+    tell the label."""
+    half = 1.5 * spec.audio_seconds * plan.speed
+    centre = plan.start + plan.span / 2
+    if centre - half < -1e-6 or (centre + half) * audio.rate > audio.length + 1:
+        return np.int64(-1), np.zeros(int(round(spec.audio_seconds * audio.rate)), np.int16)
     label = int(rng.integers(3)) if rng is not None else 1
     shift = (label - 1) * spec.audio_seconds * plan.speed
-    centre = plan.start + plan.span / 2 + shift
-    return np.int64(label), audio_window(audio, centre, spec.audio_seconds, plan.speed, plan.direction)
+    return np.int64(label), audio_window(audio, centre + shift, spec.audio_seconds, plan.speed, plan.direction,
+                                         spec.audio_speed)
 
 
 def fold_codes(meta: dict) -> np.ndarray:

@@ -10,9 +10,12 @@ reconstructed choice is a field of `AVCLConfig` (§2.5) so an ablation is one `-
   `fusion="concat_mean"` skips the attention (gate over the pooled features); `"none"` has no fused embedding.
 - CGRA (`cgra=True`): Σ_i (1 - C_ii)² + λ_off Σ_{i≠j} C_ij² over batch-standardised projections; optional
   sample-level `cgra_guided` term weighted by softmax_b(⟨p̂_v,b, p̂_a,b⟩ / τ_g).
-- SelfCL: symmetric cross-modal InfoNCE (τ = 0.07) on each of the two clips, plus the fused term between the
-  two clips' fused embeddings (`selfcl_fused_term`).
-Total: L = L_xm + L_ff + λ_cgra L_cgra.
+- SelfCL: symmetric cross-modal InfoNCE (τ = 0.07) on each of the two views, plus the fused term between the
+  two views' fused embeddings (`selfcl_fused_term`). The two views are two augmentations of the same clip (same
+  frames and audio window, independent crops, colour and SpecAugment), as methods.md specifies
+  (`selfcl_views = "same_clip"`); `"two_clips"` draws them at independent times instead.
+Total: L = L_xm + L_ff + λ_cgra L_cgra. `--preset avcl-author` switches to the authors' audio profile (24 kHz,
+256 mels, methods.md §2.3).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avcl.data.views import ViewSpec
 from avcl.methods.base import EncoderConfig, Method, build_encoders, detached, flat, register
 from avcl.methods.losses import cocorrelation_loss, guided_alignment, symmetric_info_nce
 from avcl.models.heads import mlp
@@ -42,10 +46,15 @@ class AVCLConfig(EncoderConfig):
     lambda_cgra: float = 1.0
     proj_hidden: int = 2048
     proj_dim: int = 128
+    selfcl_views: str = "same_clip"  # same_clip (two augmentations of one clip) | two_clips (independent times)
+    audio_seconds: float = 2.0
+    clip_fps: float = 0.0  # rate clips are sampled at (0: the stored frames, consecutive)
 
     def __post_init__(self):
         if self.fusion not in ("amfm", "concat_mean", "none"):
             raise ValueError(f"avcl fusion must be amfm, concat_mean or none, not {self.fusion!r}")
+        if self.selfcl_views not in ("same_clip", "two_clips"):
+            raise ValueError(f"avcl selfcl_views must be same_clip or two_clips, not {self.selfcl_views!r}")
         if self.modality_gate not in ("softmax_tanh", "equal"):
             raise ValueError(f"avcl modality_gate must be softmax_tanh or equal, not {self.modality_gate!r}")
 
@@ -99,22 +108,33 @@ class AVCL(Method):
             self.fusion = AMFM(dim, config)
             self.fused_proj = mlp(head)
 
-    def forward(self, batch: dict):
+    def view_spec(self) -> ViewSpec:
         cfg = self.config
-        n_clips = batch["video"].shape[1]
-        v_tokens, a_tokens = self.tokens(flat(batch["video"]), flat(batch["audio"]))
-        p_v, p_a = self.video_proj(v_tokens.mean(1)), self.audio_proj(a_tokens.mean(1))
-        z_v, z_a = F.normalize(p_v, dim=1), F.normalize(p_a, dim=1)
+        return ViewSpec(clips=2, audio_seconds=cfg.audio_seconds, fps=cfg.clip_fps,
+                        same_window=cfg.selfcl_views == "same_clip")
 
+    def embed(self, batch: dict, reuse: dict | None = None) -> dict:
+        """Projections of each view (rows: sample-major, view-minor), and its fused embedding and gate."""
+        v_tokens, a_tokens = self.tokens(flat(batch["video"]), flat(batch["audio"]))
+        out = {"p_v": self.video_proj(v_tokens.mean(1)), "p_a": self.audio_proj(a_tokens.mean(1))}
+        if self.config.fusion != "none":
+            fused, out["beta"] = self.fusion(v_tokens, a_tokens)
+            out["z_f"] = F.normalize(self.fused_proj(fused), dim=1)
+        return out
+
+    def objective(self, meta: dict, embedded: dict):
+        cfg = self.config
+        n_clips = meta["start"].shape[1]
+        p_v, p_a = embedded["p_v"], embedded["p_a"]
+        z_v, z_a = F.normalize(p_v, dim=1), F.normalize(p_a, dim=1)
         per_clip = [symmetric_info_nce(zv, za, cfg.selfcl_tau) for zv, za in zip(_clips(z_v, n_clips), _clips(z_a, n_clips))]
         loss_xm = torch.stack([loss for loss, _ in per_clip]).mean()
         terms = {"xm": loss_xm, "acc_v2a": torch.stack([acc for _, acc in per_clip]).mean()}
         loss = loss_xm
         if cfg.fusion != "none":
-            fused, beta = self.fusion(v_tokens, a_tokens)
-            terms["beta_video"] = beta[:, 0].mean()
+            terms["beta_video"] = embedded["beta"][:, 0].mean()
             if cfg.selfcl_fused_term:
-                z_f = _clips(F.normalize(self.fused_proj(fused), dim=1), n_clips)
+                z_f = _clips(embedded["z_f"], n_clips)
                 terms["ff"], terms["acc_ff"] = symmetric_info_nce(z_f[0], z_f[1], cfg.selfcl_tau)
                 loss = loss + terms["ff"]
         if cfg.cgra:

@@ -1,4 +1,16 @@
-"""What every method shares: the registry, encoders built by name, and the view spec it asks of the data."""
+"""What every method shares: the registry, encoders built by name, the view spec it asks of the data, and the
+split of its step into `embed` and `objective`.
+
+A method with terms across samples (in-batch negatives, batch statistics) sets `cross_sample` and computes its
+loss in two parts: `embed(batch)` gives the per-sample outputs (rows in batch order), `objective(meta, emb)` the
+loss from the embeddings of the whole step and the batch's small tensors (labels, speeds, starts; never the
+frames). Gradient accumulation then means what one large batch means: the trainer embeds every micro-batch
+without gradients, then recomputes one micro-batch at a time with gradients while the objective sees the
+others' cached embeddings (open_clip's approach), so every term keeps the negatives of the global batch.
+The objective has no parameters of its own (heads belong in `embed`), or accumulation would count their
+gradients once per micro-batch. State a step changes once (a momentum encoder, a queue) lives in `prepare_step`
+and `finish_step`.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +20,7 @@ import torch
 from torch import nn
 
 from avcl import models
-from avcl.data.views import METHOD_VIEWS, ViewSpec
+from avcl.data.views import ViewSpec
 from avcl.registry import Registry
 
 METHODS = Registry("method")
@@ -26,14 +38,41 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    cross_sample: ClassVar[bool] = True  # terms across samples: accumulate through embed / objective
+    BIG = ("video", "audio", "audio_shifted")  # batch entries `objective` never reads
 
     def __init__(self, config):
         super().__init__()
         self.config = config
 
     def view_spec(self) -> ViewSpec:
-        """The clips, speeds and audio this method needs from each training sample."""
-        return METHOD_VIEWS[self.name]
+        """The clips, speeds and audio this method needs from each training sample, from its resolved config."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict):
+        """(loss, terms) of one batch: embed, objective, and the step's state changes when training."""
+        if self.training:
+            self.prepare_step()
+        embedded = self.embed(batch)
+        loss, terms = self.objective(batch, embedded)
+        if self.training:
+            self.finish_step(embedded)
+        return loss, terms
+
+    def embed(self, batch: dict, reuse: dict | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample outputs of `batch` (rows in batch order); `reuse` holds this micro-batch's outputs of a pass
+        without gradients, whose gradient-free entries (momentum keys) need not be computed again."""
+        raise NotImplementedError
+
+    def objective(self, meta: dict, embedded: dict[str, torch.Tensor]):
+        """(loss, detached terms) from the embeddings of the whole step and the batch's small tensors."""
+        raise NotImplementedError
+
+    def prepare_step(self) -> None:
+        """Once per optimiser step, before its embeddings (a momentum encoder's update)."""
+
+    def finish_step(self, embedded: dict[str, torch.Tensor]) -> None:
+        """Once per optimiser step, after it (a queue takes the step's keys)."""
 
     def video_input(self, clips: torch.Tensor) -> torch.Tensor:
         """The method's own preprocessing of [M, 3, T, H, W] clips before the backbone, in training and

@@ -9,6 +9,7 @@ import dataclasses
 
 import torch.nn.functional as F
 
+from avcl.data.views import ViewSpec
 from avcl.methods.base import EncoderConfig, Method, build_encoders, detached, flat, register
 from avcl.methods.losses import nt_xent
 from avcl.models.heads import mlp
@@ -19,6 +20,7 @@ class SimCLRConfig(EncoderConfig):
     proj_hidden: int = 2048
     proj_dim: int = 128
     tau: float = 0.1
+    clip_fps: float = 0.0  # rate clips are sampled at (0: the stored frames, consecutive)
 
 
 @register
@@ -31,8 +33,14 @@ class SimCLR(Method):
         self.video, _ = build_encoders(config, audio=False)
         self.proj = mlp([self.video.out_dim, config.proj_hidden, config.proj_dim])
 
-    def forward(self, batch: dict):
+    def view_spec(self) -> ViewSpec:
+        return ViewSpec(clips=2, audio=False, fps=self.config.clip_fps)
+
+    def embed(self, batch: dict, reuse: dict | None = None) -> dict:
         video = batch["video"]  # [B, 2, 3, T, H, W]
-        z = F.normalize(self.proj(self.video(flat(video))), dim=1).view(len(video), 2, -1)
+        return {"z": F.normalize(self.proj(self.video(flat(video))), dim=1).view(len(video), 2, -1)}
+
+    def objective(self, meta: dict, embedded: dict):
+        z = embedded["z"]
         loss, acc = nt_xent(z[:, 0], z[:, 1], self.config.tau)
         return loss, detached({"nt_xent": loss, "acc": acc})

@@ -3,7 +3,10 @@
 Liu, Wang, Liu, Lan & Lin, "TCGL: Temporal Contrastive Graph for Self-Supervised Video Representation
 Learning" (IEEE TIP 2022), as implemented in github.com/YangLiu9208/TCGL @ ceae87c (methods.md §1):
 
-1. Each sample is S = 3 snippets of 16 frames in shuffled order (the permutation's index is the label).
+1. Each sample is S = 3 snippets of 16 consecutive frames at the video's own rate (build the data with `--fps
+   native`), 8 frames apart, in shuffled order (the permutation's index is the label). Videos shorter than 64
+   frames are skipped and counted, as the official VCOP split lists leave them out: repeated frames would
+   become all-zero inputs after STKD and give the order away.
 2. STKD: every backbone input has its temporal mean removed (= zeroing the DCT-II DC coefficient along time).
 3. One shared backbone embeds the S snippets (nodes c_s) and their 4-frame frame-sets (nodes e_s,j).
 4. Intra-snippet graphs: frame-set nodes on a chain, one GCN per shuffled position; inter-snippet graph: snippet
@@ -23,19 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avcl.data.views import METHOD_VIEWS, ViewSpec, permutations
+from avcl.data.views import ViewSpec, permutations
 from avcl.methods.base import EncoderConfig, Method, build_encoders, detached, flat, register
 from avcl.methods.losses import accuracy, grace_loss
 
 
 @dataclasses.dataclass
 class TCGLConfig(EncoderConfig):
-    video_backbone: str = "r3d_10"  # VCOP's (1,1,1,1) R3D; c3d, r2plus1d_10, r3d_18, r3d_34 as in the code
+    video_backbone: str = "r3d_10"  # VCOP's (1,1,1,1) R3D; c3d, r2plus1d_vcop, r3d_18, r3d_34 as in the code
     snippets: int = 3  # 3 -> 6 order classes; 4 -> 24 (TCG_FourClip)
     frames: int = 16
     gap: int = 8
     frameset: int = 4  # frames per intra-snippet node
-    c3d_frameset_repeat: int = 2  # C3D pools time 3x: frame-sets are repeated along time to 8 frames
+    c3d_frameset_repeat: int = 2  # C3D pools time 3x: frame-sets are tiled along time to 8 frames (repeating2)
+    min_video_frames: int = 64  # shorter videos are skipped (the official vcop_train_16_8_3 lists)
+    clip_fps: float = 0.0  # 0: consecutive frames at the stored (native) rate, as the official code
     stkd: str = "temporal_demean"  # temporal_demean | dct_highpass (identical output) | none
     intra_edges: str = "chain"  # chain | full
     edge_drop: float = 0.2
@@ -155,6 +160,7 @@ class ASOP(nn.Module):
 class TCGL(Method):
     name = "tcgl"
     Config = TCGLConfig
+    cross_sample = False  # every term lives within one sample: micro-batches accumulate like the whole batch
 
     def __init__(self, config: TCGLConfig):
         super().__init__(config)
@@ -170,13 +176,15 @@ class TCGL(Method):
 
     def view_spec(self) -> ViewSpec:
         cfg = self.config
-        return dataclasses.replace(METHOD_VIEWS["tcgl"], clips=cfg.snippets, frames=cfg.frames, tuple_gap=cfg.gap)
+        return ViewSpec(clips=cfg.snippets, frames=cfg.frames, tuple_gap=cfg.gap, audio=False, fps=cfg.clip_fps,
+                        min_frames=cfg.min_video_frames)
 
     def video_input(self, clips: torch.Tensor) -> torch.Tensor:
-        """STKD (and C3D's frame repeat for short framesets), in training and downstream alike."""
+        """STKD (and, for C3D, short frame-sets tiled along time: frames 0 1 2 3 0 1 2 3, the official
+        `repeating2` after `frequency`), in training and downstream alike."""
         clips = stkd(clips, self.config.stkd)
         if self.config.video_backbone == "c3d" and clips.shape[2] < 8:
-            clips = clips.repeat_interleave(self.config.c3d_frameset_repeat, dim=2)
+            clips = torch.cat([clips] * self.config.c3d_frameset_repeat, dim=2)
         return clips
 
     def forward(self, batch: dict):

@@ -1,8 +1,11 @@
-"""Video backbones: R3D, R(2+1)D (torchvision's `VideoResNet` layout) and C3D (the VCOP/TCGL layout).
+"""Video backbones: R3D, R(2+1)D (torchvision's `VideoResNet` layout), C3D and `r2plus1d_vcop` (VCOP's and
+TCGL's own R(2+1)D, their layout and key names).
 
 State-dict keys and shapes match torchvision's `r3d_18` / `r2plus1d_18` exactly (pinned in the tests), so their
-published Kinetics checkpoints load; the 10-layer VCOP-style variants are the same networks with one block per
-stage. `width` scales every channel count (64 is the published network) so tests can build tiny ones.
+published Kinetics checkpoints load; `r3d_10` / `r2plus1d_10` are the same networks with one block per stage.
+`r2plus1d_vcop` is the network of VCOP's and TCGL's `models/r21d.py` with `layer_sizes=(1,1,1,1)`: a factorised
+(2+1)D stem, 1x1x1 factorised shortcuts, biasless convolutions, 14.37 M parameters; its numbers compare with the
+VCOP/PRP/TCGL R(2+1)D rows. `width` scales every channel count (64 is the published network) so tests can build tiny ones.
 Every backbone has `features(x) -> [B, C, T', H', W']` (the conv5 map) and `forward(x)` (pooled, then `fc` when
 built with classes), and `out_dim`.
 """
@@ -119,6 +122,91 @@ class C3D(nn.Module):
         return self.linear(self.pool5(self.features(x)).flatten(1))
 
 
+def _vcop_mid(cin: int, cout: int, kernel: tuple[int, int, int]) -> int:
+    kt, kh, kw = kernel
+    return (kt * kh * kw * cin * cout) // (kh * kw * cin + kt * cout)
+
+
+class SpatioTemporalConv(nn.Module):
+    """VCOP's factorised convolution: (1, kh, kw) spatial conv + BN + ReLU, then (kt, 1, 1) temporal conv."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
+        super().__init__()
+        (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = (_triple(v) for v in (kernel, stride, padding))
+        mid = _vcop_mid(cin, cout, (kt, kh, kw))
+        self.spatial_conv = nn.Conv3d(cin, mid, (1, kh, kw), stride=(1, sh, sw), padding=(0, ph, pw), bias=False)
+        self.bn = nn.BatchNorm3d(mid)
+        self.relu = nn.ReLU()
+        self.temporal_conv = nn.Conv3d(mid, cout, (kt, 1, 1), stride=(st, 1, 1), padding=(pt, 0, 0), bias=False)
+
+    def forward(self, x):
+        return self.temporal_conv(self.relu(self.bn(self.spatial_conv(x))))
+
+
+class SpatioTemporalResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, downsample: bool = False):
+        super().__init__()
+        self.downsample = downsample
+        if downsample:
+            self.downsampleconv = SpatioTemporalConv(cin, cout, 1, stride=2)
+            self.downsamplebn = nn.BatchNorm3d(cout)
+        self.conv1 = SpatioTemporalConv(cin, cout, 3, stride=2 if downsample else 1, padding=1)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = SpatioTemporalConv(cout, cout, 3, padding=1)
+        self.bn2 = nn.BatchNorm3d(cout)
+        self.outrelu = nn.ReLU()
+
+    def forward(self, x):
+        residual = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        if self.downsample:
+            x = self.downsamplebn(self.downsampleconv(x))
+        return self.outrelu(x + residual)
+
+
+class SpatioTemporalResLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, blocks: int, downsample: bool = False):
+        super().__init__()
+        self.block1 = SpatioTemporalResBlock(cin, cout, downsample)
+        self.blocks = nn.ModuleList(SpatioTemporalResBlock(cout, cout) for _ in range(blocks - 1))
+
+    def forward(self, x):
+        x = self.block1(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class R2Plus1DVCOP(nn.Module):
+    """VCOP/TCGL's R2Plus1DNet: conv1 (3x7x7 factorised, stride (1,2,2)), conv2-conv5, average pool, `linear`."""
+
+    def __init__(self, layers=(1, 1, 1, 1), width: int = 64, num_classes: int = 0):
+        super().__init__()
+        self.conv1 = SpatioTemporalConv(3, width, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3))
+        self.bn1 = nn.BatchNorm3d(width)
+        self.relu1 = nn.ReLU()
+        widths = [width, width * 2, width * 4, width * 8]
+        cin = width
+        for stage, (blocks, cout) in enumerate(zip(layers, widths), start=2):
+            setattr(self, f"conv{stage}", SpatioTemporalResLayer(cin, cout, blocks, downsample=stage > 2))
+            cin = cout
+        self.out_dim = cin
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.linear = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        init_like_torchvision(self)
+
+    def features(self, x):
+        x = self.relu1(self.bn1(self.conv1(x)))
+        return self.conv5(self.conv4(self.conv3(self.conv2(x))))
+
+    def forward(self, x):
+        return self.linear(self.pool(self.features(x)).flatten(1))
+
+
+def _triple(value) -> tuple[int, int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value, value)
+
+
 def init_like_torchvision(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Conv3d, nn.Conv2d)):
@@ -140,3 +228,4 @@ for _depth, _layers in _DEPTHS.items():
     BACKBONES.register(f"r2plus1d_{_depth}")(
         lambda width=64, num_classes=0, _l=_layers: VideoResNet(_l, True, width, num_classes))
 BACKBONES.register("c3d")(C3D)
+BACKBONES.register("r2plus1d_vcop")(R2Plus1DVCOP)

@@ -49,6 +49,7 @@ class OptimConfig:
     min_lr: float = 0.0
     plateau_factor: float = 0.1  # plateau: lr *= factor after `plateau_patience` epochs without improvement
     plateau_patience: int = 50
+    plateau_on: str = "train_loss"  # train_loss | val:<term> (a method's loss term on held-out data)
     clip_grad: float = 0.0  # max gradient norm; 0 disables
 
 

@@ -29,7 +29,7 @@ from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, open_url, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
 from avcl.data.views import eval_spec, run_spec
-from avcl.methods.base import flat
+from avcl.methods.base import Method, flat
 from avcl.eval.features import extract
 from avcl.eval.knn import leave_one_out_accuracy
 from avcl.train import checkpoint
@@ -71,8 +71,37 @@ def setup(device: str) -> Context:
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
+def for_device(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """The run settings this device handles soundly, recorded in config.json: on CUDA the config's own; on the
+    CPU fp32 without channels-last 3D convolutions (CPU bf16 autocast is emulated on most CPUs, and with it and
+    channels-last the conv3d backward gave NaN gradients at random: xmodal and tcgl's presets stopped on a NaN
+    loss at step 2-3, reproduced on torch 2.13)."""
+    if device.type == "cuda":
+        return config
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, precision="fp32", channels_last=False))
+
+
+class Embedder(nn.Module):
+    """A method's `embed` as a module's forward, so DDP can wrap it (its hooks sync the gradients)."""
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: dict, reuse: dict | None = None) -> dict:
+        return self.method.embed(batch, reuse)
+
+
 class Trainer:
-    """Model, optimiser, schedule, scaler and one optimiser step; no data, so tests can drive it directly."""
+    """Model, optimiser, schedule, scaler and one optimiser step; no data, so tests can drive it directly.
+
+    A step takes its micro-batches as the loader gives them (CPU views) and augments each on the device only when
+    it is used, so one micro-batch's inputs are on the device at a time. With `run.accumulate > 1` a method with
+    terms across samples (`cross_sample`) is stepped through its embeddings: all micro-batches embedded without
+    gradients, then each recomputed with gradients against the others' cached embeddings, so the contrastive
+    terms keep every negative of the global batch (the gradients equal the large batch's, BatchNorm's
+    per-micro-batch statistics apart). Its augmentation is seeded per micro-batch so both passes see the same.
+    """
 
     def __init__(self, config: TrainConfig, ctx: Context):
         self.config, self.ctx = config, ctx
@@ -82,17 +111,16 @@ class Trainer:
             self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         if run.channels_last:
             models.channels_last(self.method)
-        self.model = self.method
+        self.cached = run.accumulate > 1 and self.method.cross_sample
+        self.model = Embedder(self.method) if self.cached else self.method
         if ctx.world > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.forward = torch.compile(self.model) if run.compile else self.model
         self.augment = DeviceAugment(config.video, config.mel, config.spec_augment).to(ctx.device)
         if run.precision not in AUTOCAST:
             raise TrainingError(f"run.precision must be one of {', '.join(AUTOCAST)}, not {run.precision!r}")
-        # CUDA only: CPU bf16 autocast is emulated on most CPUs, and its conv3d backward gave NaN weight
-        # gradients at random (a finite loss, 1 run in 2 of a 1-step width-4 R(2+1)D run, reproduced on 2.13)
-        self.autocast = AUTOCAST[run.precision] if ctx.device.type == "cuda" else None
+        self.autocast = AUTOCAST[run.precision]
         self.lr = optim.lr * config.data.batch_size / optim.base_batch
         self.optimizer = build_optimizer(self.method, optim, self.lr)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=run.precision == "fp16")
@@ -102,19 +130,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, total_steps, steps_per_epoch)
 
     def step(self, micro_batches: list[dict], step: int) -> tuple[float, dict[str, float]]:
-        """One optimiser step over model-ready micro-batches; returns the mean loss and terms as floats."""
-        sums: dict[str, torch.Tensor] = {}
-        for i, inputs in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            no_sync = self.model.no_sync() if (self.ctx.world > 1 and not last) else contextlib.nullcontext()
-            with no_sync:
-                with torch.autocast(self.ctx.device.type, dtype=self.autocast or torch.float32,
-                                    enabled=self.autocast is not None):
-                    loss, terms = self.forward(inputs)
-                self.check_finite(loss, terms, step)
-                self.scaler.scale(loss / len(micro_batches)).backward()
-            for key, value in {"loss": loss.detach().float(), **terms}.items():
-                sums[key] = sums.get(key, 0) + value
+        """One optimiser step over the loader's micro-batches; returns the loss and terms as floats."""
+        loss, terms = self.accumulate(micro_batches, step)
         if self.config.optim.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.method.parameters(), self.config.optim.clip_grad)
@@ -123,8 +140,49 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.optim.schedule != "plateau":
             self.scheduler.step()
-        means = dict(zip(sums, (torch.stack(list(sums.values())) / len(micro_batches)).tolist()))  # one sync
-        return means.pop("loss"), means
+        values = dict(zip(["loss", *terms], torch.stack([loss.detach().float(), *terms.values()]).tolist()))  # one sync
+        return values.pop("loss"), values
+
+    def accumulate(self, micro_batches: list[dict], step: int) -> tuple[torch.Tensor, dict]:
+        """The step's gradients, accumulated into the parameters' .grad; (loss, terms) of the whole step."""
+        return self._through_embeddings(micro_batches, step) if self.cached else self._one_by_one(micro_batches, step)
+
+    def _one_by_one(self, micro_batches: list[dict], step: int):
+        sums: dict[str, torch.Tensor] = {}
+        for i, raw in enumerate(micro_batches):
+            with self._sync_only_last(i, len(micro_batches)), self._autocast():
+                loss, terms = self.forward(self.augment(raw, train=True))
+            self.check_finite(loss, terms, step)
+            self.scaler.scale(loss / len(micro_batches)).backward()
+            for key, value in {"loss": loss.detach().float(), **terms}.items():
+                sums[key] = sums.get(key, 0) + value / len(micro_batches)
+        loss = sums.pop("loss")
+        return loss, sums
+
+    def _through_embeddings(self, micro_batches: list[dict], step: int):
+        seeds = [int(torch.randint(2 ** 62, ())) for _ in micro_batches]
+        inputs = lambda i: self.augment(micro_batches[i], train=True, generator=torch.Generator().manual_seed(seeds[i]))  # noqa: E731
+        self.method.prepare_step()
+        with torch.no_grad(), self._autocast():
+            cached = [self.method.embed(inputs(i)) for i in range(len(micro_batches))]
+        meta = merge_meta(micro_batches, self.ctx.device)
+        for i in range(len(micro_batches)):
+            with self._sync_only_last(i, len(micro_batches)), self._autocast():
+                mine = self.forward(inputs(i), reuse=cached[i])
+                embedded = {key: torch.cat([mine[key] if j == i else part[key] for j, part in enumerate(cached)])
+                            for key in mine}
+                loss, terms = self.method.objective(meta, embedded)
+            self.check_finite(loss, terms, step)
+            self.scaler.scale(loss).backward()  # the whole step's loss; only micro-batch i carries gradients
+        self.method.finish_step({key: torch.cat([part[key] for part in cached]) for key in cached[0]})
+        return loss.detach().float(), terms
+
+    def _sync_only_last(self, i: int, n: int):
+        return self.model.no_sync() if (self.ctx.world > 1 and i < n - 1) else contextlib.nullcontext()
+
+    def _autocast(self):
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast or torch.float32,
+                              enabled=self.autocast is not None)
 
     def check_finite(self, loss: torch.Tensor, terms: dict, step: int) -> None:
         """All ranks agree whether the loss is finite (so none is left waiting in an all-reduce)."""
@@ -144,6 +202,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def merge_meta(batches: list[dict], device: torch.device) -> dict:
+    """The small tensors of a step's micro-batches, concatenated on the device (what `objective` reads)."""
+    return {key: torch.cat([b[key] for b in batches]).to(device) for key, value in batches[0].items()
+            if torch.is_tensor(value) and key not in Method.BIG}
 
 
 class NonFiniteLoss(TrainingError):
@@ -189,9 +253,10 @@ def build_scheduler(optimizer, cfg, total_steps: int, steps_per_epoch: int):
 
 # ---- the run -------------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, allow_config_change: bool = False) -> Path:
     """Pre-train `config.method_name`; returns the path of the final checkpoint (RUN/last.pt)."""
     ctx = setup(config.run.device)
+    config = for_device(config, ctx.device)
     run, data = config.run, config.data
     micro = _micro_batch(data.batch_size, ctx.world, run.accumulate)
     sources = _sources(data.train, "train")
@@ -203,7 +268,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     steps_per_epoch = max(1, epoch_micro_steps // run.accumulate)
     total = run.max_steps or run.epochs * steps_per_epoch
     trainer.schedule(total, steps_per_epoch)
-    state = _start(trainer, run_dir, resume, ctx, config)
+    state = _start(trainer, run_dir, resume, ctx, config, allow_config_change)
+    plateau_sources = _plateau_sources(config, val_sources, ctx)
     clips_per_step = data.batch_size * spec.n_clips
     with RunLog(run_dir, total, state["step"], ctx.main) as log:
         log.print(f"[bold]{config.method_name}[/]: {total} steps ({steps_per_epoch}/epoch), global batch "
@@ -220,9 +286,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
                 started = time.perf_counter()
                 raw = [next(batches) for _ in range(run.accumulate)]
                 waited = time.perf_counter() - started
-                inputs = [trainer.augment(b, train=True) for b in raw]
                 try:
-                    loss, terms = trainer.step(inputs, state["step"] + 1)
+                    loss, terms = trainer.step(raw, state["step"] + 1)
                 except NonFiniteLoss as exc:
                     raise TrainingError(f"{exc}; stopped. The last good checkpoint is {_last_good(run_dir)}. "
                                         "Lower optim.lr, add warm-up (optim.warmup_epochs) or set optim.clip_grad, "
@@ -246,7 +311,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
                     _save(trainer, state, run_dir, ctx, config, keep=run.keep_every and step % run.keep_every == 0)
             epoch_loss = _mean_over_ranks(epoch_losses, ctx)
             if config.optim.schedule == "plateau":
-                trainer.scheduler.step(epoch_loss)
+                trainer.scheduler.step(plateau_metric(trainer, plateau_sources, spec, config, ctx, epoch_loss, log))
             if not (run.knn_every and val_sources):
                 _keep_best(trainer, state, -epoch_loss, run_dir, ctx, config)
             _save(trainer, state, run_dir, ctx, config)
@@ -284,12 +349,17 @@ def _stream_config(data, micro: int, ctx: Context, epoch: int, seed: int) -> Str
                         epoch=epoch, shuffle=data.shuffle)
 
 
-def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: TrainConfig) -> dict:
+def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: TrainConfig,
+           allow_config_change: bool = False) -> dict:
     last = run_dir / checkpoint.LAST
     if ctx.main:
         checkpoint.sweep_partial(run_dir)
     if resume:
         saved = checkpoint.load(last, map_location=ctx.device)
+        changed = config_changes(saved["config"], config.to_dict())
+        if changed and not allow_config_change:
+            raise TrainingError(f"--resume with another config than {last}'s ({'; '.join(changed)}): rerun with its "
+                                "settings, or pass --allow-config-change to continue anyway")
         trainer.load_state_dict(saved)
         state = dict(saved["state"])
         state["resumes"] += 1
@@ -306,6 +376,85 @@ def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: 
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         print(to_text(config))
     return {"step": 0, "resumes": 0, "best": -math.inf, "best_step": 0}
+
+
+RESUMABLE_CHANGES = ("data.workers", "data.val", "run.device", "run.epochs", "run.max_steps", "run.log_every",
+                     "run.checkpoint_every", "run.keep_every", "run.knn_every", "run.compile")
+
+
+def config_changes(before: dict, now: dict) -> list[str]:
+    """`key before -> now` for every setting that differs, except those a resume may change (more steps, other
+    logging, workers, device)."""
+    def flat_items(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            out.update(flat_items(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "task_weights"
+                       else {f"{prefix}{key}": value})
+        return out
+
+    old, new = flat_items(before), flat_items(now)
+    return [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}" for key in sorted(set(old) | set(new))
+            if key not in RESUMABLE_CHANGES and json.dumps(old.get(key)) != json.dumps(new.get(key))]
+
+
+def _plateau_sources(config: TrainConfig, val_sources, ctx: Context):
+    """The held-out sources a plateau schedule on a validation term reads: --val-data, else the training
+    folders' val split (TCGL holds out videos of its training set), else none (the train loss then)."""
+    optim = config.optim
+    if optim.schedule != "plateau" or not optim.plateau_on.startswith("val:"):
+        return []
+    if val_sources:
+        return val_sources
+    try:
+        return _sources(config.data.train, config.data.val_split)
+    except TrainingError:
+        if ctx.main:
+            print(f"optim.plateau_on={optim.plateau_on}: no held-out data (no --val-data, no "
+                  f"'{config.data.val_split}' split beside the training data); the plateau follows the train loss")
+        return []
+
+
+def plateau_metric(trainer: Trainer, sources, spec, config: TrainConfig, ctx: Context, train_loss: float, log) -> float:
+    """What the plateau schedule watches: the epoch's train loss, or a term of the method on held-out data
+    (TCGL's official scripts: the validation order loss)."""
+    if not sources:
+        return train_loss
+    term = config.optim.plateau_on.split(":", 1)[1]
+    values = validation_terms(trainer, sources, spec, config, ctx)
+    if term not in values:
+        raise TrainingError(f"optim.plateau_on={config.optim.plateau_on}: {config.method_name} has no term {term!r}; "
+                            f"terms: {', '.join(values)}")
+    log.print(f"held-out {term}: {values[term]:.4f}")
+    return values[term]
+
+
+@torch.no_grad()
+def validation_terms(trainer: Trainer, sources, spec, config: TrainConfig, ctx: Context) -> dict[str, float]:
+    """The method's loss terms on held-out data: every sample once, views drawn reproducibly per sample key."""
+    stream = EvalStream(sources, spec, _stream_config(config.data, max(1, config.data.batch_size // ctx.world), ctx, 0, 0),
+                        seed=0)
+    sums: dict[str, float] = {}
+    count = 0
+    trainer.method.eval()
+    try:
+        for batch in loader(stream, pin_memory=ctx.device.type == "cuda"):
+            valid = batch["valid"].bool()
+            if not valid.any():
+                continue
+            kept = {k: v[valid] if torch.is_tensor(v) else v for k, v in batch.items()}
+            generator = torch.Generator().manual_seed(count)
+            with trainer._autocast():
+                _, terms = trainer.method(trainer.augment(kept, train=True, generator=generator))
+            n = int(valid.sum())
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * n
+            count += n
+    finally:
+        trainer.method.train()
+    totals = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [count], dtype=torch.float64)
+    if ctx.world > 1:
+        dist.all_reduce(totals)
+    return {key: float(totals[i] / max(float(totals[-1]), 1)) for i, key in enumerate(sorted(sums))}
 
 
 def _payload(trainer: Trainer, state: dict, config: TrainConfig) -> dict:
