@@ -35,12 +35,13 @@ from avtools.fetch import FetchOptions, Fetcher, redact
 from avtools.ledger import (DATASET_JSON, Ledger, Row, annotation_rows, failure_row, summarize, write_dataset_json,
                             write_ledger_table)
 from avtools.reasons import ClipError
-from avtools.recipes import Clip, RecipeError, RecipeOptions, plan
+from avtools.recipes import Clip, RecipeError, RecipeOptions, class_list_stamp, plan
 from avtools.shards import ShardWriter, belongs_to, clear_staging, shard_seq
 from avtools.store import LocalStore, open_store
 from avtools.transcode import TranscodeSettings, make_sample
 
 SETTINGS = "ledger/settings.json"  # the build's settings, written before its first shard
+RECORDED = ("name", "class_list", "format", "preprocessing")  # what must not change between runs into one --out
 STALE_TEMPORARY = 600.0  # seconds: a temporary file this old belongs to no running writer
 
 
@@ -337,23 +338,30 @@ class BuildError(ValueError):
 
 
 def _record_settings(store, options: BuildOptions) -> None:
-    """Before the first shard: record how this build writes its shards, or refuse when --out holds shards
-    written another way (mixed shard formats, frame rates or sizes would pass unnoticed into training). An
-    output of an older avtools has only its dataset.json to compare with."""
-    now = _parameters(options)
+    """Before the first shard: record what this build writes, or refuse when --out holds shards of another
+    dataset or class list (label indices would disagree) or written another way (mixed shard formats, frame
+    rates or sizes would pass unnoticed into training). An output of an older avtools has only its
+    dataset.json to compare with."""
+    now = {key: value for key, value in _parameters(options).items() if key in RECORDED}
     recorded = SETTINGS if store.exists(SETTINGS) else DATASET_JSON if store.exists(DATASET_JSON) else None
-    if recorded is None:
-        store.put_bytes(SETTINGS, json.dumps({k: now[k] for k in ("format", "preprocessing")}, indent=1).encode())
-        return
-    before = json.loads(store.get_bytes(recorded))
-    changed = [f"format {before.get('format')} -> {now['format']}"] if before.get("format") != now["format"] else []
-    changed += [f"{key} {before.get('preprocessing', {}).get(key)} -> {value}"
-                for key, value in now["preprocessing"].items() if before.get("preprocessing", {}).get(key) != value]
-    if changed:
-        raise BuildError(f"{options.out} holds a build made differently ({'; '.join(changed)}): rerun with its "
-                         f"settings, or build into a new --out")
-    if recorded != SETTINGS:
-        store.put_bytes(SETTINGS, json.dumps({k: now[k] for k in ("format", "preprocessing")}, indent=1).encode())
+    before = json.loads(store.get_bytes(recorded)) if recorded else {}
+    if before:
+        changed = [f"{key} {before[key]} -> {now[key]}" for key in ("name", "format")
+                   if key in before and before[key] != now[key]]
+        if before.get("class_list", now["class_list"]) != now["class_list"]:
+            changed.append(f"class list {_class_list_name(before['class_list'])} -> "
+                           f"{_class_list_name(now['class_list'])}")
+        changed += [f"{key} {before.get('preprocessing', {}).get(key)} -> {value}"
+                    for key, value in now["preprocessing"].items() if before.get("preprocessing", {}).get(key) != value]
+        if changed:
+            raise BuildError(f"{options.out} holds a build made differently ({'; '.join(changed)}): rerun with its "
+                             f"settings, or build into a new --out")
+    if recorded != SETTINGS or before.keys() != now.keys():
+        store.put_bytes(SETTINGS, json.dumps(now, indent=1).encode())
+
+
+def _class_list_name(stamp: dict) -> str:
+    return " ".join(filter(None, (stamp.get("file"), stamp.get("version"), stamp.get("sha256", "")[:12])))
 
 
 def _parameters(options: BuildOptions) -> dict:
@@ -362,6 +370,7 @@ def _parameters(options: BuildOptions) -> dict:
 
     return {
         "name": options.dataset,
+        "class_list": class_list_stamp(options.dataset),
         "format": schema.FORMAT,
         "preprocessing": dataclasses.asdict(options.transcode) | {"pad": options.fetch.pad},
         "samples_per_shard": options.samples_per_shard,

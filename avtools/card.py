@@ -54,7 +54,9 @@ def render_card(summary: dict, samples: list[dict]) -> bytes:
     bars.tick_params(axis="y", labelsize=7)
     bars.legend(loc="lower right")
     counts = summary["counts"]
-    bars.set_title(f"{summary['name']}: {counts['available']}/{counts['total']} clips available")
+    version = summary.get("class_list", {}).get("version")
+    name = f"{summary['name']} (class list {version})" if version else summary["name"]
+    bars.set_title(f"{name}: {counts['available']}/{counts['total']} clips available")
     for row, sample in enumerate(samples, start=1):
         _draw_sample(fig, grid, row, sample)
     fig.tight_layout()

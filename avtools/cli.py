@@ -34,8 +34,9 @@ def _partition(value: str) -> tuple[int, int]:
 
 @app.command("build-dataset")
 def build_dataset(
-    name: str = typer.Argument(..., help="Dataset: kinetics-sounds32, kinetics-sounds31, kinetics-sounds100, "
-                                         "kinetics-400/600/700, ucf101, hmdb51, esc50, vggsound, folder."),
+    name: str = typer.Argument(..., help="Dataset: kinetics-sounds32, kinetics-sounds31, kinetics-sounds100 (v2; "
+                                         "kinetics-sounds100-v1 for the first list), kinetics-400/600/700, ucf101, "
+                                         "hmdb51, esc50, vggsound, folder."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder, or s3://bucket/prefix (endpoint and "
                                                      "credentials from the AWS_* environment variables)."),
     source: Optional[Path] = typer.Option(None, help="Local copy (ucf101, hmdb51, esc50, folder) or local mirror "
@@ -43,6 +44,8 @@ def build_dataset(
     annotations: Optional[List[str]] = typer.Option(None, help="Annotation file(s), path or URL, instead of the "
                                                                "official ones (repeat for several)."),
     kinetics: int = typer.Option(400, help="Kinetics release of the annotations: 400, 600 or 700."),
+    ks100_version: Optional[int] = typer.Option(None, help="kinetics-sounds100: the class list version, 2 "
+                                                           "(default) or 1 (the same as kinetics-sounds100-v1)."),
     split: Optional[List[str]] = typer.Option(None, help="Only these splits (repeatable)."),
     classes: Optional[List[str]] = typer.Option(None, help="Only these classes (repeatable)."),
     limit: Optional[int] = typer.Option(None, help="Process at most this many clips in this run."),
@@ -96,6 +99,7 @@ def build_dataset(
     from avtools.recipes import RecipeError, RecipeOptions
     if frames not in FRAME_FORMATS:
         raise typer.BadParameter(f"--frames must be one of {', '.join(FRAME_FORMATS)}")
+    name = _ks100_name(name, ks100_version)
     options = BuildOptions(
         dataset=name, out=out, limit=limit, samples_per_shard=samples_per_shard, partition=_partition(partition),
         card=card, clip_timeout=clip_timeout,
@@ -122,6 +126,17 @@ def build_dataset(
 
 
 _LOCAL = ("ucf101", "hmdb51", "esc50", "folder", "demo")
+
+
+def _ks100_name(name: str, version: int | None) -> str:
+    """`kinetics-sounds100 --ks100-version 1` is kinetics-sounds100-v1."""
+    if version is None:
+        return name
+    if name != "kinetics-sounds100":
+        fail(f"--ks100-version is for kinetics-sounds100, not {name}")
+    if version not in (1, 2):
+        fail(f"--ks100-version {version}: the versions are 1 and 2")
+    return name if version == 2 else "kinetics-sounds100-v1"
 
 
 def _fps(value: str | None) -> float | str | None:
@@ -180,18 +195,23 @@ def inspect(
 @app.command()
 def manifest(
     name: str = typer.Argument("kinetics-sounds100", help="The class list to regenerate (kinetics-sounds100)."),
-    check: bool = typer.Option(False, help="Only check that the frozen list matches the rule; exit 1 if not."),
+    check: bool = typer.Option(False, help="Only check that the frozen files match the rule; exit 1 if not."),
 ):
-    """Regenerate a frozen class list in manifests/ from its documented rule and public inputs."""
-    from avtools.manifests import KS100, regenerate_ks100
+    """Re-select Kinetics-Sounds100 v2 from its mapping table (manifests/kinetics_sounds/ks100_v2_mapping.csv)
+    and rewrite, or with --check compare, the frozen list and its rejected file."""
+    from avtools.manifests import KS100, REJECTED, ManifestError, regenerate_ks100
 
     if name != "kinetics-sounds100":
         raise typer.BadParameter("only kinetics-sounds100 is derived by a rule; the others are copied lists")
-    changed = regenerate_ks100(write=not check)
+    try:
+        changed = regenerate_ks100(write=not check)
+    except ManifestError as exc:
+        fail(str(exc))
+    for relative in (KS100, REJECTED):
+        state = "up to date" if relative not in changed else "differs from the rule" if check else "rewritten"
+        console.print(f"manifests/{relative}: {state}")
     if check and changed:
-        console.print(f"[red]{KS100} differs from what the rule gives[/red]")
         raise typer.Exit(1)
-    console.print(f"{KS100}: {'up to date' if not changed else 'rewritten'}")
 
 
 @app.command()

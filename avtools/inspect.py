@@ -38,6 +38,7 @@ def describe(url: str) -> dict:
                 "splits": {name: {"available": s["available"], "total": s["total"], "shards": len(s["shards"])}
                            for name, s in info["splits"].items()},
                 "classes": sorted({c for s in info["splits"].values() for c in s["classes"]}),
+                "class_list": info.get("class_list", {}),
                 **({"folds": info["folds"]} if info.get("folds") else {}),
                 "sample": sample}
     if "{" in url:

@@ -91,7 +91,9 @@ def print_description(console: Console, info: dict) -> None:
         console.print(table)
         if info.get("folds"):
             print_coverage(console, info["folds"])
-        console.print(f"{len(info['classes'])} classes: " + ", ".join(info["classes"][:20])
+        listed = info.get("class_list") or {}
+        source = f" (class list {listed['file']} {listed['version']})".replace(" )", ")") if listed else ""
+        console.print(f"{len(info['classes'])} classes{source}: " + ", ".join(info["classes"][:20])
                       + (" ..." if len(info["classes"]) > 20 else ""))
         if info["failures"]:
             console.print("failures: " + ", ".join(f"{r} {n}" for r, n in info["failures"].items()))

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from avcl.eval.datasets import DATASETS
+from avcl.eval.engine import EvalDataError, check_dataset_name
 from avtools.cli import app
 from avtools.inspect import iter_samples
 from tests.conftest import MEDIA
@@ -305,3 +307,28 @@ def test_stale_temporary_files_are_swept(server, tmp_path):
     run.mkdir()
     (run / ".last.pt.abc123.tmp").write_bytes(b"partial checkpoint")
     assert checkpoint.sweep_partial(run) == [run / ".last.pt.abc123.tmp"] and not list(run.iterdir())
+
+
+def test_class_list_versions_are_recorded_and_never_mixed_in_one_output(server, tmp_path):
+    csv = csv_file(tmp_path / "k.csv", ["bowling,tc_a,1,3,train", "playing cricket,tc_b,1,3,train"])  # cricket: v1 only
+    out = tmp_path / "v1"
+    v1 = args(server, csv, str(out))
+    v1[1] = "kinetics-sounds100"
+    build(*v1, "--ks100-version", "1")
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["name"] == "kinetics-sounds100-v1" and info["class_list"]["version"] == "v1"
+    assert info["counts"]["available"] == 2
+    refused = build(*[str(out) if a == str(out) else a for a in v1], code=2)
+    assert "name kinetics-sounds100-v1 -> kinetics-sounds100" in refused and "class list" in refused
+    v2 = [str(tmp_path / "v2") if a == str(out) else a for a in v1]
+    build(*v2)
+    info = json.loads((tmp_path / "v2" / "dataset.json").read_text())
+    assert info["class_list"]["version"] == "v2" and info["class_list"]["file"].endswith("ks100_v2.csv")
+    assert info["counts"]["total"] == 1 and info["annotations"]["rows_of_other_classes"] == 1
+    assert "--ks100-version 3: the versions are 1 and 2" in build(*v2, "--ks100-version", "3", code=2)
+    assert "is for kinetics-sounds100, not kinetics-sounds32" in build(*args(server, csv, str(out)), "--ks100-version", "1", code=2)
+    with pytest.raises(EvalDataError, match="built with class list v1, not v2"):
+        check_dataset_name(DATASETS.get("kinetics-sounds100"), {"name": "kinetics-sounds100", "class_list": {"version": "v1"}}, "d")
+    with pytest.raises(EvalDataError, match="built with class list unrecorded"):
+        check_dataset_name(DATASETS.get("kinetics-sounds100"), {"name": "kinetics-sounds100"}, "d")
+    check_dataset_name(DATASETS.get("kinetics-sounds100-v1"), {"name": "kinetics-sounds100-v1", "class_list": {"version": "v1"}}, "d")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from avtools.manifests import regenerate_ks100
 from avtools.recipes import RecipeError, RecipeOptions, class_list, plan
 from avtools.recipes.hmdb51 import read_official_splits, read_tsn_list
 from avtools.recipes.kinetics import read_kinetics_csv
@@ -40,13 +39,6 @@ def test_kinetics_sounds32_refuses_kinetics600_labels():
     with pytest.raises(RecipeError, match="kinetics-sounds31"):
         plan("kinetics-sounds32", RecipeOptions(kinetics=600, annotations=[str(SHARED / "kinetics/kinetics-600_val.csv")]))
     assert plan("kinetics-sounds31", RecipeOptions(kinetics=600, annotations=[str(SHARED / "kinetics/kinetics-600_val.csv")])).clips
-
-
-def test_kinetics_sounds100_is_frozen_and_reproducible():
-    ks100, ks32 = class_list("kinetics_sounds/ks100_v1.txt"), class_list("kinetics_sounds/ks32.txt")
-    assert len(ks100) == 100 and set(ks32) <= set(ks100)
-    assert set(ks100) <= set(class_list("kinetics/k400_classes.txt"))
-    assert regenerate_ks100(write=False) is False  # the rule still gives the frozen list
 
 
 def test_ucf101_official_splits():

@@ -30,6 +30,7 @@ class EvalDataset:
     modalities: tuple[str, ...] = ("video",)  # what the protocols evaluate by default
     finetune_epochs: int = 16  # AVID/SEVERE: 16 epochs with milestones 6, 10, 14 (UCF101); 10 with 3, 6, 8 (HMDB51)
     finetune_milestones: tuple[int, ...] = (6, 10, 14)
+    class_list_version: str = ""  # the class list the data must have been built with (KS100 v1 and v2 differ)
 
     def test_split(self, splits: list[str]) -> str:
         for name in ("test", "val"):
@@ -92,7 +93,8 @@ _register(EvalDataset("ucf101", "official-splits", ("1", "2", "3"), ("1",), fine
 _register(EvalDataset("hmdb51", "official-splits", ("1", "2", "3"), ("1",), finetune_epochs=10,
                           finetune_milestones=(3, 6, 8)))
 _register(EvalDataset("esc50", "folds", ("1", "2", "3", "4", "5"), ("1", "2", "3", "4", "5"), ("audio",)))
-for _name in ("kinetics-sounds32", "kinetics-sounds31", "kinetics-sounds100", "vggsound"):
-    _register(EvalDataset(_name, "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8)))
+for _name, _version in (("kinetics-sounds32", ""), ("kinetics-sounds31", ""), ("kinetics-sounds100", "v2"),
+                       ("kinetics-sounds100-v1", "v1"), ("vggsound", "")):
+    _register(EvalDataset(_name, "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8), _version))
 _register(EvalDataset("folder", "single", ("1",), ("1",), ("video",), 10, (3, 6, 8)))
 _register(EvalDataset("demo", "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8)))

@@ -238,6 +238,10 @@ def check_dataset_name(dataset: EvalDataset, info: dict, data: str) -> None:
     if dataset.name != "folder" and built != dataset.name:
         raise EvalDataError(f"{data} holds a {built!r} dataset (its dataset.json), not {dataset.name!r}: evaluate it "
                             f"as `avtools eval {built}` or `avtools eval folder`, or pass the {dataset.name} data")
+    version = info.get("class_list", {}).get("version") or "unrecorded"
+    if dataset.class_list_version and version != dataset.class_list_version:
+        raise EvalDataError(f"{data} was built with class list {version}, not {dataset.class_list_version}: rebuild "
+                            f"it with this avtools (`avtools build-dataset {dataset.name}`; finished clips are kept)")
 
 
 def coverage_shortfalls(rows: list[Row]) -> list[str]:

@@ -106,7 +106,7 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
             f"{json.dumps(encoders.describe)}")
         log(f"protocol settings: {json.dumps(dataclasses.asdict(recipe))}")
     rows = with_means(protocol.run(engine, recipe, folds, modalities))
-    stamp = provenance(request, encoders.config.to_dict(), dataclasses.asdict(recipe))
+    stamp = provenance(request, encoders.config.to_dict(), dataclasses.asdict(recipe), engine.info)
     rows = [dataclasses.replace(row, provenance=stamp) for row in rows]
     if ctx.main:
         for line in coverage_shortfalls(rows):
@@ -114,9 +114,10 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
     return rows, engine
 
 
-def provenance(request: EvalRequest, model_config: dict, recipe: dict) -> dict:
-    """What a row needs to be reproduced: avtools' version, the UTC time, the command and the resolved config."""
+def provenance(request: EvalRequest, model_config: dict, recipe: dict, data_info: dict) -> dict:
+    """What a row needs to be reproduced: avtools' version, the UTC time, the command, the data's class list
+    (file, version, hash) and the resolved config."""
     return {"avtools": importlib.metadata.version("avtools"),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": request.command, "request": request.as_dict(),
+            "command": request.command, "request": request.as_dict(), "class_list": data_info.get("class_list", {}),
             "config": {"model": model_config, "protocol": recipe}}

@@ -11,6 +11,7 @@ counted and listed, never fatal one by one; a plan with no clip left is an error
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import hashlib
@@ -129,9 +130,32 @@ def manifest_text(relative: str) -> str:
     return resources.files("manifests").joinpath(relative).read_text()
 
 
+def manifest_rows(text: str) -> list[dict]:
+    """Rows of a manifest CSV whose header may follow '#' comment lines (the rule that made it)."""
+    return list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
+
+
 def class_list(relative: str) -> list[str]:
-    """A manifest class list (one name per line), sorted: label_index is the position in this list."""
-    return sorted({line.strip() for line in manifest_text(relative).splitlines() if line.strip()})
+    """A manifest class list, sorted: label_index is the position in this list. A .txt list has one name per
+    line; a .csv list (KS100 v2, with its evidence) names the class in its first column."""
+    text = manifest_text(relative)
+    if relative.endswith(".csv"):
+        rows = manifest_rows(text)
+        names = [row[next(iter(row))] for row in rows]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    return sorted(set(names))
+
+
+def class_list_stamp(dataset: str) -> dict:
+    """What dataset.json records of the class list: its manifest file, version and content hash."""
+    definition = definitions().get(dataset, {})
+    relative = definition.get("classes")
+    if relative is None:
+        return {}
+    digest = hashlib.sha256(manifest_text(relative).encode()).hexdigest()
+    return {"file": f"manifests/{relative}", "version": definition.get("version", ""),
+            "classes": len(class_list(relative)), "sha256": digest}
 
 
 def plan(dataset: str, options: RecipeOptions) -> Plan:
