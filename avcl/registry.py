@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from avcl.errors import UserError
+
+
+class UnknownName(UserError):
+    """A name no registry entry has; the message lists the valid ones."""
+
 
 class Registry:
     def __init__(self, kind: str):
@@ -21,7 +27,7 @@ class Registry:
         try:
             return self._factories[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
+            raise UnknownName(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def build(self, name: str, *args, **kwargs):
         return self.get(name)(*args, **kwargs)

@@ -30,6 +30,9 @@ import traceback
 from pathlib import Path
 
 from avcl.data import schema
+from avcl.errors import UserError
+from avcl.machine import usable_cores
+from avcl.storage import LocalStore, open_store
 from avtools import __version__
 from avtools.fetch import FetchOptions, Fetcher, redact
 from avtools.ledger import (DATASET_JSON, Ledger, Row, annotation_rows, failure_row, summarize, write_dataset_json,
@@ -37,7 +40,6 @@ from avtools.ledger import (DATASET_JSON, Ledger, Row, annotation_rows, failure_
 from avtools.reasons import ClipError
 from avtools.recipes import Clip, RecipeError, RecipeOptions, class_list_stamp, plan
 from avtools.shards import ShardWriter, belongs_to, clear_staging, shard_seq
-from avtools.store import LocalStore, open_store
 from avtools.transcode import TranscodeSettings, make_sample
 
 SETTINGS = "ledger/settings.json"  # the build's settings, written before its first shard
@@ -53,7 +55,7 @@ class BuildOptions:
     fetch: FetchOptions = dataclasses.field(default_factory=FetchOptions)
     transcode: TranscodeSettings = dataclasses.field(default_factory=TranscodeSettings)
     samples_per_shard: int = 500
-    workers: int = max(2, 2 * (os.cpu_count() or 1))
+    workers: int = dataclasses.field(default_factory=lambda: max(2, 2 * usable_cores()))
     partition: tuple[int, int] = (0, 1)
     limit: int | None = None
     card: bool = True
@@ -122,14 +124,15 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     todo = [c for c in mine if c.clip_id not in settled or settled[c.clip_id].retryable]
     if options.limit is not None:
         todo = todo[:options.limit]
-    writer = ShardWriter(store, ledger, staging, tag, options.samples_per_shard, next_seq)
+    writer = ShardWriter(store, ledger, staging, tag, options.samples_per_shard, next_seq,
+                         on_shard=progress.shard if progress is not None else None)
     counts = {"ok": 0, "failed": 0}
     if progress is not None:
         progress.start(len(todo), len(mine) - len(todo))
     interrupted = False
     try:
-        with _sigterm_interrupts():
-            for clip, outcome in _run(todo, options):
+        with _sigterm_interrupts(), contextlib.closing(_run(todo, options)) as outcomes:
+            for clip, outcome in outcomes:  # an error here closes the generator, which stops the pool at once
                 _record(clip, outcome, writer, ledger, counts)
                 if progress is not None:
                     progress.advance(outcome[0] is not None, counts)
@@ -147,7 +150,7 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     summary = summarize(clips, rows, _parameters(options), annotations)
     write_ledger_table(store, list(rows.values()))
     write_dataset_json(store, summary)
-    if options.card and summary["complete"]:
+    if options.card and summary["complete"] and (counts["ok"] + counts["failed"] or not store.exists("card.png")):
         from avtools.card import write_card
 
         write_card(store, summary)
@@ -333,7 +336,7 @@ def _remove_orphan_shards(store, settled: dict[str, Row], tag: str, splits: set[
     return next_seq
 
 
-class BuildError(ValueError):
+class BuildError(UserError):
     """A build that cannot go on in its --out; the message says why and what to do."""
 
 

@@ -1,25 +1,90 @@
 """The `avtools` command line: thin wrappers that parse options and call one function per command."""
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from avcl import storage
+from avcl.errors import UserError
+from avcl.machine import check_device, check_precision
+from avcl.progress import make_console, say
+from avtools import __version__
+
 app = typer.Typer(help="Build audio-visual datasets as WebDataset shards; train and evaluate contrastive models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, `error: ...` (the message printed as it is, brackets and all), and exit status 2."""
     console.print(Text.assemble(("error: ", "red"), str(message)), soft_wrap=True)
     raise typer.Exit(2)
+
+
+def command(*args, **kwargs) -> Callable:
+    """`app.command` whose UserErrors (bad input, refused storage) print as one line with exit status 2;
+    any other exception is a bug and keeps its traceback."""
+    def register(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def run(*a, **kw):
+            try:
+                return function(*a, **kw)
+            except UserError as exc:
+                fail(str(exc))
+        return app.command(*args, **kwargs)(run)
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"avtools {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print avtools' version and exit.")):
+    pass
+
+
+def checked(check: Callable[[str], str], value: str) -> str:
+    """`value` if `check` accepts it, else its one-line error (which starts with the option's name)."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        fail(f"--{exc}")
+
+
+def positive(value: int | None, option: str, hint: str = "") -> int | None:
+    if value is not None and value < 1:
+        fail(f"{option} {value}: give a number of at least 1{hint}")
+    return value
+
+
+def results_folder(out: str | None) -> storage.RunFolder | None:
+    """eval --out (a results file, local or s3://): the folder it and the figures go to, checked before any work."""
+    if out is None:
+        return None
+    if not storage.is_remote(out) and Path(out).is_dir():
+        fail(f"--out {out} is a folder: give the results file to write, e.g. {Path(out) / 'results.json'}")
+    return storage.RunFolder(storage.location_folder(out), "--out")
+
+
+def _workers(value: str) -> int | str:
+    """--workers: auto or a number >= 0."""
+    if value == "auto":
+        return value
+    if not value.isdigit():
+        fail(f"--workers {value}: give auto or a number of processes (0: load in the main process)")
+    return int(value)
 
 
 def _partition(value: str) -> tuple[int, int]:
@@ -32,13 +97,14 @@ def _partition(value: str) -> tuple[int, int]:
     return index, parts
 
 
-@app.command("build-dataset")
+@command("build-dataset")
 def build_dataset(
     name: str = typer.Argument(..., help="Dataset: kinetics-sounds32, kinetics-sounds31, kinetics-sounds100 (v2; "
                                          "kinetics-sounds100-v1 for the first list), kinetics-400/600/700, ucf101, "
                                          "hmdb51, esc50, vggsound, folder."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder, or s3://bucket/prefix (endpoint and "
-                                                     "credentials from the AWS_* environment variables)."),
+                                                     "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                                                     "AWS_SECRET_ACCESS_KEY)."),
     source: Optional[Path] = typer.Option(None, help="Local copy (ucf101, hmdb51, esc50, folder) or local mirror "
                                                      "of YouTube clips (CVDF <ytid>_<start>_<end>.mp4 or <ytid>.mp4)."),
     annotations: Optional[List[str]] = typer.Option(None, help="Annotation file(s), path or URL, instead of the "
@@ -67,7 +133,7 @@ def build_dataset(
                                               "ucf101, hmdb51 and esc50, which keep every video of their official "
                                               "splits; on for the audio-visual datasets)."),
     samples_per_shard: int = typer.Option(500, help="Samples per tar shard."),
-    workers: int = typer.Option(0, help="Parallel worker processes (0: twice the CPU cores)."),
+    workers: int = typer.Option(0, help="Parallel worker processes (0: twice the cores this process may use)."),
     clip_timeout: float = typer.Option(300.0, help="Seconds of wall clock a clip may take (fetch, decode, encode) "
                                                    "before it is recorded as a network failure and retried on a "
                                                    "rerun; every network read also times out after --socket-timeout."),
@@ -93,12 +159,12 @@ def build_dataset(
     skipped, transient failures are retried. The exit status is non-zero only when the build itself fails.
     """
     from avcl.data.schema import FRAME_FORMATS
-    from avtools.build import BuildError, BuildOptions, build
+    from avtools.build import BuildOptions, build
     from avtools.fetch import FetchOptions
     from avtools.progress import BuildProgress, print_summary
-    from avtools.recipes import RecipeError, RecipeOptions
+    from avtools.recipes import RecipeOptions
     if frames not in FRAME_FORMATS:
-        raise typer.BadParameter(f"--frames must be one of {', '.join(FRAME_FORMATS)}")
+        fail(f"--frames {frames}: use one of {', '.join(FRAME_FORMATS)}")
     name = _ks100_name(name, ks100_version)
     options = BuildOptions(
         dataset=name, out=out, limit=limit, samples_per_shard=samples_per_shard, partition=_partition(partition),
@@ -116,10 +182,7 @@ def build_dataset(
     )
     if workers > 0:
         options.workers = workers
-    try:
-        result = build(options, progress=BuildProgress(console, name))
-    except (RecipeError, BuildError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    result = build(options, progress=BuildProgress(console, name))
     print_summary(console, result)
     if result.interrupted:
         raise typer.Exit(130)
@@ -145,7 +208,7 @@ def _fps(value: str | None) -> float | str | None:
     try:
         return float(value)
     except ValueError:
-        raise typer.BadParameter(f"--fps {value!r}: a number of frames per second or `native`") from None
+        fail(f"--fps {value}: a number of frames per second or `native`")
 
 
 def _transcode_settings(dataset: str, **given):
@@ -156,10 +219,10 @@ def _transcode_settings(dataset: str, **given):
     try:
         return TranscodeSettings(**(build_defaults(dataset) | {k: v for k, v in given.items() if v is not None}))
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        fail(str(exc))
 
 
-@app.command()
+@command()
 def inspect(
     url: str = typer.Argument(..., help="A dataset folder or prefix (local, http(s)://, s3://), one shard, a brace "
                                         "pattern of shards (train-{000000..000009}.tar) or pipe:COMMAND."),
@@ -175,38 +238,32 @@ def inspect(
     from avtools.inspect import describe
     from avtools.progress import print_description
 
-    try:
-        if views:
-            from avtools.views_png import save_views_png
+    if views:
+        from avtools.views_png import save_views_png
 
-            written = save_views_png(url, views, png or Path(f"views-{views}.png"), preset=preset, config_file=config,
-                                     overrides=list(set_ or []))
-            console.print(f"wrote {written}")
-            return
-        info = describe(url)
-    except (OSError, ValueError, KeyError) as exc:
-        fail(f"cannot read {url}: {exc}")
+        written = save_views_png(url, views, png or Path(f"views-{views}.png"), preset=preset, config_file=config,
+                                 overrides=list(set_ or []))
+        console.print(f"wrote {written}")
+        return
+    info = describe(url)
     if as_json:
         print(json.dumps(info, indent=1))
     else:
-        print_description(Console(), info)
+        print_description(make_console(), info)
 
 
-@app.command()
+@command()
 def manifest(
     name: str = typer.Argument("kinetics-sounds100", help="The class list to regenerate (kinetics-sounds100)."),
     check: bool = typer.Option(False, help="Only check that the frozen files match the rule; exit 1 if not."),
 ):
     """Re-select Kinetics-Sounds100 v2 from its mapping table (manifests/kinetics_sounds/ks100_v2_mapping.csv)
     and rewrite, or with --check compare, the frozen list and its rejected file."""
-    from avtools.manifests import KS100, REJECTED, ManifestError, regenerate_ks100
+    from avtools.manifests import KS100, REJECTED, regenerate_ks100
 
     if name != "kinetics-sounds100":
-        raise typer.BadParameter("only kinetics-sounds100 is derived by a rule; the others are copied lists")
-    try:
-        changed = regenerate_ks100(write=not check)
-    except ManifestError as exc:
-        fail(str(exc))
+        fail(f"{name}: only kinetics-sounds100 is derived by a rule; the other class lists are copied")
+    changed = regenerate_ks100(write=not check)
     for relative in (KS100, REJECTED):
         state = "up to date" if relative not in changed else "differs from the rule" if check else "rewritten"
         console.print(f"manifests/{relative}: {state}")
@@ -214,13 +271,15 @@ def manifest(
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def train(
     method: str = typer.Option(..., help="avcl, tcgl, temporal-av, xmodal or simclr (presets: manifests/presets/)."),
-    data: list[str] = typer.Option(..., help="Training sources: dataset folders, shard patterns "
-                                             "(s3://b/ks100/train-{000000..000127}.tar), http(s)://, pipe:CMD; "
-                                             "repeat or separate by spaces; URL@0.3 weights a mix."),
-    out: Path = typer.Option(..., help="The run folder: config.json, last.pt / best.pt, metrics.jsonl, curves.png."),
+    data: list[str] = typer.Option(..., help="A training source: a dataset folder, a shard pattern "
+                                             "(s3://b/ks100/train-{000000..000127}.tar), http(s)://, or "
+                                             "'pipe:COMMAND ARGS' (one value, spaces and all); repeat --data for "
+                                             "several; SOURCE@0.3 weights a mix."),
+    out: str = typer.Option(..., help="The run folder, local or s3://bucket/prefix: config.json, last.pt / "
+                                      "best.pt, metrics.jsonl, curves.png."),
     val_data: list[str] = typer.Option(None, help="Labelled validation sources for the online kNN monitor "
                                                   "(--set run.knn_every=N)."),
     config: Path = typer.Option(None, help="A TOML file of overrides: sections method, data, video, mel, optim, run."),
@@ -230,46 +289,54 @@ def train(
     epochs: int = typer.Option(None, help="Epochs (an epoch = the training sources' sample count)."),
     max_steps: int = typer.Option(None, help="Stop after this many optimiser steps instead."),
     batch_size: int = typer.Option(None, help="Global batch, split over GPUs and accumulation steps."),
-    device: str = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt (refused when the config "
-                                             "differs in anything but steps, logging, workers or device)."),
+    device: str = typer.Option(None, help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt (or, when that cannot be "
+                                             "read, its newest step_N.pt / best.pt); refused when the config "
+                                             "differs in anything but steps, logging, workers or device."),
     allow_config_change: bool = typer.Option(False, help="With --resume: continue even though the config changed."),
 ):
-    """Pre-train a method on shards; one GPU, or many with `torchrun --nproc-per-node N -m avtools train ...`."""
-    from avcl.train.config import ConfigError, load
-    from avcl.train.loop import TrainingError, train as run_training
+    """Pre-train a method on shards; one GPU, or many with `torchrun --nproc-per-node N -m avtools train ...`.
 
+    SIGTERM (a scheduler's preemption) or Ctrl-C stop at the next step with a checkpoint and print the command
+    that continues the run; the exit status is then 128 + the signal's number."""
+    from avcl.train.config import load
+    from avcl.train.loop import Stopped, train as run_training
+
+    positive(epochs, "--epochs")
+    positive(max_steps, "--max-steps", " (leave it out to train for --epochs)")
+    positive(batch_size, "--batch-size")
+    if device is not None:
+        checked(check_device, device)
     overrides = list(set_ or [])
     overrides += [f"data.train={json.dumps(data)}"]
     for key, value in (("data.val", val_data), ("run.epochs", epochs), ("run.max_steps", max_steps),
                        ("data.batch_size", batch_size), ("run.device", device)):
-        if value:
+        if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
+    resolved = load(method, config, overrides, preset)
     try:
-        resolved = load(method, config, overrides, preset)
         run_training(resolved, out, resume=resume, allow_config_change=allow_config_change)
-    except (ConfigError, TrainingError, KeyError) as exc:
-        fail(str(exc))
+    except Stopped as stop:
+        again = ["avtools", *sys.argv[1:]] + ([] if resume else ["--resume"])
+        console.print(f"{stop}; continue with: {shlex.join(again)}", soft_wrap=True, markup=False)
+        raise typer.Exit(128 + stop.signum) from None
 
 
-@app.command()
+@command()
 def export(
-    run: Path = typer.Argument(..., help="A run folder written by `avtools train`."),
+    run: str = typer.Argument(..., help="A run folder written by `avtools train` (local or s3://)."),
     checkpoint: str = typer.Option("last", help="last, best or step_N."),
-    out: Path = typer.Option(None, help="Where to write (default RUN/export)."),
+    out: str = typer.Option(None, help="The folder to write, local or s3:// (default RUN/export)."),
 ):
     """Write the video and audio encoders alone (torchvision-layout state_dicts) for use in other code."""
     from avcl.train.export import export as export_encoders
 
-    try:
-        written = export_encoders(run, checkpoint, out)
-    except (OSError, KeyError, ValueError) as exc:
-        fail(str(exc))
+    written = export_encoders(run, checkpoint, out)
     for path in written:
         console.print(f"wrote {path}")
 
 
-@app.command("eval", context_settings={"allow_extra_args": True})
+@command("eval", context_settings={"allow_extra_args": True})
 def eval_(
     ctx: typer.Context,
     dataset: str = typer.Argument(None, help="ucf101, hmdb51, kinetics-sounds32/31/100, esc50, vggsound, folder "
@@ -300,10 +367,12 @@ def eval_(
     set_: list[str] = typer.Option(None, "--set", help="Protocol setting: --set protocol.c_grid=[0.1,1] "
                                                        "--set protocol.views=10x3; with --checkpoint random also "
                                                        "model keys (--set method.width=16)."),
-    out: Path = typer.Option(None, help="Write results.json here (figures go beside it)."),
+    out: str = typer.Option(None, help="Write the results file here, local or s3://bucket/.../results.json (figures "
+                                       "go beside it)."),
     batch_size: int = typer.Option(16, help="Samples per batch and rank for feature extraction."),
-    workers: int = typer.Option(4, help="Loader processes per rank."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    workers: str = typer.Option("auto", help="Loader processes per rank: auto (the cores this process may use, "
+                                             "shared among the node's ranks, at most 8), or a number (0: none)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     precision: str = typer.Option("bf16", help="Autocast on CUDA: bf16, fp16 or fp32 (CPU runs fp32)."),
     cache_dir: Path = typer.Option(None, help="Feature cache, keyed by checkpoint hash, the data's content and the "
                                               "settings (default ~/.cache/avtools/features, or $AVTOOLS_CACHE/features)."),
@@ -323,68 +392,54 @@ def eval_(
 
     if compare:
         files = list(compare) + [Path(p) for p in ([dataset] if dataset else []) + list(ctx.args)]
-        try:
-            report.compare(files, Console(), baseline, references)
-        except report.ResultsError as exc:
-            fail(str(exc))
+        report.compare(files, make_console(), baseline, references)
         return
     if ctx.args:
         fail(f"unexpected argument(s) {' '.join(ctx.args)}: give one DATASET (or --compare results files)")
     if not dataset or not data:
         fail("give a DATASET and --data (or --compare results.json files)")
-    from avcl.eval.datasets import EvalDataError
     from avcl.eval.engine import EvalOptions
     from avcl.eval.evaluate import EvalRequest, evaluate
-    from avcl.eval.pretrained import CheckpointError
-    from avcl.train.config import ConfigError
-    from avcl.train.loop import TrainingError
 
-    from avtools.ffmpeg import cache_dir as avtools_cache
-
-    figures = out.parent if out is not None else Path(".")
-    cache_dir = cache_dir or avtools_cache() / "features"
-    options = EvalOptions(data=data, batch_size=batch_size, workers=workers, precision=precision,
-                          cache_dir=cache_dir, figures_dir=figures)
-    request = EvalRequest(dataset, data, protocol, checkpoint, method, splits, modality, list(set_ or []), device,
-                          options, preset, backbone, checkpoint_format, shlex.join(["avtools", *sys.argv[1:]]))
-    try:
-        rows, engine = evaluate(request, log=console.print)
-    except (ConfigError, TrainingError, EvalDataError, CheckpointError, KeyError, ValueError, OSError) as exc:
-        fail(str(exc))
+    results = results_folder(out)
+    options = EvalOptions(data=data, batch_size=positive(batch_size, "--batch-size"), workers=_workers(workers),
+                          precision=checked(check_precision, precision),
+                          cache_dir=cache_dir or storage.cache_dir() / "features",
+                          figures_dir=results.local if results else Path("."))
+    request = EvalRequest(dataset, data, protocol, checkpoint, method, splits, modality, list(set_ or []),
+                          checked(check_device, device), options, preset, backbone, checkpoint_format,
+                          shlex.join(["avtools", *sys.argv[1:]]))
+    rows, engine = evaluate(request, log=say)
     if engine.rank != 0:
         return
-    report.print_rows(rows, Console())
+    report.print_rows(rows, make_console())
     console.print(f"features: {engine.cache_hits} split(s) from the cache, {engine.cache_misses} extracted")
-    if out is not None:
-        report.save(rows, out, {"request": request.as_dict(),
-                                "cache": {"hits": engine.cache_hits, "misses": engine.cache_misses}})
+    if results is not None:
+        name = storage.location_name(out)
+        report.save(rows, results.path(name), {"request": request.as_dict(),
+                                               "cache": {"hits": engine.cache_hits, "misses": engine.cache_misses}})
+        results.push_all()
         console.print(f"wrote {out}")
 
 
-@app.command()
+@command()
 def demo(
     out: Path = typer.Option(Path("avtools-demo"), help="Where the demo writes its data, run and results."),
     method: str = typer.Option("xmodal", help="The method to pre-train (any of avtools train's; xmodal, the "
                                               "cross-modal baseline, learns fastest on the demo data)."),
     quick: bool = typer.Option(False, help="The test suite's shorter version: 150 steps (the same data)."),
     steps: int = typer.Option(None, help="Training steps (default 300; 150 with --quick)."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
 ):
     """See it work offline in minutes: synthetic audio-visual clips -> shards -> pre-training with the demo
     preset -> linear and kNN accuracy, pre-trained against the same encoders at random initialisation."""
     from avtools.demo import DemoOptions, run_demo
 
     options = DemoOptions.quick(out, method) if quick else DemoOptions(out=out, method=method)
-    options.device = device
-    if steps:
+    options.device = checked(check_device, device)
+    if positive(steps, "--steps"):
         options.steps = steps
-    from avcl.train.config import ConfigError
-    from avcl.train.loop import TrainingError
-
-    try:
-        run_demo(options, console)
-    except (ConfigError, TrainingError, KeyError) as exc:
-        fail(str(exc))
+    run_demo(options, console)
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from avcl.storage import cache_dir
 from avtools.build import BuildOptions, build
-from avtools.ffmpeg import cache_dir
 from avtools.recipes import RecipeOptions
 from avtools.recipes.demo import demo_media
 from avtools.transcode import TranscodeSettings

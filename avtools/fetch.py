@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from avcl.storage import retry
 from avtools.ffmpeg import ffmpeg_dir, ranged_http_input_args
 from avtools.reasons import ClipError
 from avtools.recipes import Clip
@@ -209,14 +209,7 @@ def index_mirror(root: Path) -> dict[str, str]:
 
 def with_retries(attempt, retries: int, wait: float):
     """Call `attempt()`, retrying retryable ClipErrors with exponential backoff (and a little jitter)."""
-    for i in range(retries + 1):
-        try:
-            return attempt()
-        except ClipError as err:
-            if not err.retryable or i == retries:
-                raise
-            time.sleep(wait * (2 ** i) * (1 + 0.1 * random.random()))
-    raise AssertionError("unreachable")
+    return retry(attempt, retries, wait, lambda exc: isinstance(exc, ClipError) and exc.retryable)
 
 
 # (reason, pattern) in priority order; the first match wins.

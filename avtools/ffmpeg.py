@@ -13,11 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from avcl.storage import cache_dir
+
 ENV_VAR = "AVTOOLS_FFMPEG"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AVTOOLS_CACHE", Path.home() / ".cache" / "avtools"))
 
 
 @functools.lru_cache(maxsize=None)

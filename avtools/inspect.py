@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import tarfile
 from typing import IO, Iterator
 
 from avcl.data import schema
-from avcl.data.sources import dataset_info, open_url
+from avcl.data.sources import SourceError, dataset_info, open_url
+
+
+@contextlib.contextmanager
+def reading(url: str):
+    """A shard that cannot be read (missing, not a tar, a sample without readable metadata) as a SourceError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SourceError(f"{url}: no such file or object (a dataset folder holds dataset.json)") from None
+    except (OSError, tarfile.TarError, schema.MetadataError) as exc:
+        raise SourceError(f"{url}: cannot read it as a WebDataset shard ({exc})") from None
 
 
 def iter_samples(stream: IO[bytes]) -> Iterator[dict]:
@@ -61,7 +73,7 @@ def describe_shards(pattern: str) -> dict:
 def describe_shard(url: str) -> dict:
     labels: collections.Counter[str] = collections.Counter()
     first, n = None, 0
-    with open_url(url) as stream:
+    with reading(url), open_url(url) as stream:
         for sample in iter_samples(stream):
             meta = schema.decode_json(sample[schema.JSON_EXT])
             labels[meta.get("label") or ""] += 1
@@ -80,17 +92,20 @@ def first_raw_sample(url: str) -> dict:
         sample = first_in_shard(shard)
         if sample is not None:
             return sample
-    raise ValueError(f"{url}: no samples")
+    raise SourceError(f"{url}: no samples")
 
 
 def first_in_shard(url: str) -> dict | None:
-    with open_url(url) as stream:
+    with reading(url), open_url(url) as stream:
         return next(iter_samples(stream), None)
 
 
 def first_sample(url: str) -> dict | None:
     sample = first_in_shard(url)
-    return None if sample is None else _sample_summary(sample, schema.decode_json(sample[schema.JSON_EXT]))
+    if sample is None:
+        return None
+    with reading(url):
+        return _sample_summary(sample, schema.decode_json(sample[schema.JSON_EXT]))
 
 
 def _sample_summary(sample: dict, meta: dict) -> dict:

@@ -101,8 +101,8 @@ class Ledger:
         """The annotation rows this run rejected, in a part of their own (rewritten by every run)."""
         name = f"ledger/annotations-{self.tag}rejected.parquet"
         if rows:
-            self.store.put_bytes(name, rows_to_parquet(rows))
-        else:
+            self.store.put_if_changed(name, rows_to_parquet(rows))
+        elif self.store.exists(name):
             self.store.delete(name)
 
     def flush(self) -> None:
@@ -114,7 +114,7 @@ class Ledger:
 
 
 def write_ledger_table(store, rows: list[Row]) -> None:
-    store.put_bytes("ledger.parquet", rows_to_parquet(sorted(rows, key=lambda r: r.clip_id)))
+    store.put_if_changed("ledger.parquet", rows_to_parquet(sorted(rows, key=lambda r: r.clip_id)))
 
 
 def summarize(plan, rows: dict[str, Row], params: dict, annotations: dict) -> dict:
@@ -167,4 +167,4 @@ def fold_coverage(plan, rows: dict[str, Row]) -> dict[str, dict[str, dict[str, i
 
 
 def write_dataset_json(store, summary: dict) -> None:
-    store.put_bytes(DATASET_JSON, json.dumps(summary, indent=1, sort_keys=False).encode())
+    store.put_if_changed(DATASET_JSON, json.dumps(summary, indent=1, sort_keys=False).encode())

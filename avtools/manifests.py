@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from importlib import resources
 
+from avcl.errors import UserError
 from avtools.recipes import manifest_rows
 
 MAPPING = "kinetics_sounds/ks100_v2_mapping.csv"
@@ -66,7 +67,7 @@ class Mapping:
         return "; ".join(self.vggsound or self.audioset_names)
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """The mapping table breaks the rule's preconditions (one line naming the row)."""
 
 

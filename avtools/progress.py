@@ -1,37 +1,37 @@
-"""What the terminal shows: a live build progress line, the final summary, and `inspect` tables."""
+"""What a build and `inspect` show: build progress (terminal or log), the final summary, and `inspect` tables."""
 from __future__ import annotations
 
 import json
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from avcl.progress import Progress
 
 
 class BuildProgress:
+    """A build's progress: a live bar on a terminal; in a log a line per finished shard and every 30 s."""
+
     def __init__(self, console: Console, name: str):
         self.console, self.name = console, name
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[green]ok {task.fields[ok]}[/green] [red]failed {task.fields[failed]}[/red]"),
-            TextColumn("{task.fields[rate]:.2f} clips/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=False)
-        self.task = None
+        self.progress: Progress | None = None
+        self.done = 0
 
     def start(self, todo: int, already: int) -> None:
+        self.progress = Progress(f"build {self.name}", todo).__enter__()
         if already:
-            self.console.print(f"resuming: {already} clips already settled, {todo} to do")
-        self.progress.start()
-        self.task = self.progress.add_task(self.name, total=todo, ok=0, failed=0, rate=0.0)
+            self.progress.print(f"resuming: {already} clips already settled, {todo} to do")
 
     def advance(self, ok: bool, counts: dict) -> None:
-        task = self.progress.tasks[self.task]
-        elapsed = task.elapsed or 1e-9
-        self.progress.update(self.task, advance=1, ok=counts["ok"], failed=counts["failed"],
-                             rate=(task.completed + 1) / elapsed)
+        self.done += 1
+        self.progress.update(self.done, f"clips (ok {counts['ok']}, failed {counts['failed']}), "
+                                        f"{self.progress.rate():.2f} clips/s")
+
+    def shard(self, name: str, samples: int) -> None:
+        self.progress.print(f"wrote {name} ({samples} samples)")
 
     def stop(self) -> None:
-        self.progress.stop()
+        self.progress.__exit__(None, None, None)
 
 
 def print_summary(console: Console, result) -> None:

@@ -13,18 +13,23 @@ import os
 import re
 import tarfile
 from pathlib import Path
+from typing import Callable
 
+from avcl.storage import local_errors
 from avtools.ledger import Ledger, Row
 
 
 class ShardWriter:
     def __init__(self, store, ledger: Ledger, staging: Path, tag: str, samples_per_shard: int,
-                 next_seq: dict[str, int]):
+                 next_seq: dict[str, int], on_shard: Callable[[str, int], None] | None = None):
         self.store, self.ledger, self.staging, self.tag = store, ledger, Path(staging), tag
+        self.on_shard = on_shard  # told (name, samples) of every finished shard
         self.samples_per_shard = samples_per_shard
         self.next_seq = dict(next_seq)  # split -> next shard number
         self.open: dict[str, _OpenShard] = {}
-        self.staging.mkdir(parents=True, exist_ok=True)
+        if not self.staging.is_dir():
+            with local_errors(self.staging):
+                self.staging.mkdir(parents=True)
 
     def add(self, sample, row: Row) -> None:
         shard = self.open.get(sample.split)
@@ -32,9 +37,11 @@ class ShardWriter:
             seq = self.next_seq.get(sample.split, 0)
             self.next_seq[sample.split] = seq + 1
             name = shard_name(sample.split, self.tag, seq)
-            shard = self.open[sample.split] = _OpenShard(name, self.staging / f"{name}.tmp")
+            with local_errors(self.staging):
+                shard = self.open[sample.split] = _OpenShard(name, self.staging / f"{name}.tmp")
         row.shard = shard.name
-        shard.write(sample, row)
+        with local_errors(shard.tmp):
+            shard.write(sample, row)
         if len(shard.rows) >= self.samples_per_shard:
             self._finish(sample.split)
 
@@ -45,9 +52,12 @@ class ShardWriter:
 
     def _finish(self, split: str) -> None:
         shard = self.open.pop(split)
-        shard.tar.close()
+        with local_errors(shard.tmp):
+            shard.tar.close()
         self.store.put_file(str(shard.tmp), shard.name)
         self.ledger.commit_shard(shard.name, shard.rows)
+        if self.on_shard is not None:
+            self.on_shard(shard.name, len(shard.rows))
 
 
 class _OpenShard:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from avcl import models
 from avcl.eval import classify, report
 from avcl.eval.encoders import load_encoders
-from avcl.eval.pretrained import CheckpointError
+from avcl.train.checkpoint import CheckpointError
 from avtools.cli import app
 from tests.support.timecoded import write_timecoded
 from tests.test_eval import SMALL_VIEWS, TINY, demo_dataset, invoke, results  # noqa: F401 (a fixture)

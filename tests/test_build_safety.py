@@ -90,11 +90,11 @@ def test_traversal_and_absolute_splits_write_nothing_outside_out(server, tmp_pat
 
 
 def test_the_stores_refuse_names_outside_their_root(tmp_path, s3_bucket):
-    from avtools.store import LocalStore, S3Store
+    from avcl.storage import LocalStore, S3Store, StorageError
 
     for store in (LocalStore(tmp_path / "out"), S3Store(f"s3://{s3_bucket}/p")):
         for name in ("../x.tar", "/abs.tar", "a/../../x", "a\\..\\x"):
-            with pytest.raises(ValueError, match="outside the output"):
+            with pytest.raises(StorageError, match="outside the output"):
                 store.put_bytes(name, b"x")
     assert not (tmp_path / "x.tar").exists()
 

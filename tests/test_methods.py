@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import avcl.methods as methods
+from avcl.registry import UnknownName
 from tests.support.batches import random_batch
 
 TINY = {"width": 4, "proj_hidden": 32}
@@ -37,7 +38,7 @@ def batch_for(method, batch=4, frames=8):
 
 def test_registry_lists_every_method():
     assert methods.names() == sorted(TERMS)
-    with pytest.raises(KeyError, match="unknown method 'moco'"):
+    with pytest.raises(UnknownName, match="unknown method 'moco'"):
         methods.build("moco")
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from avcl import models
+from avcl.registry import UnknownName
 
 TORCHVISION = json.loads((Path(__file__).parent / "data" / "torchvision_video_resnets.json").read_text())
 VIDEO = ["c3d", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "r3d_10", "r3d_18", "r3d_34", "r2plus1d_vcop"]
@@ -59,7 +60,7 @@ def test_shapes_and_gradients(name):
 
 
 def test_published_feature_map_sizes():
-    """methods.md §1.5: a 16x112x112 clip reaches conv5 as 512 x 2 x 7 x 7; a 4-frame frame-set as 1 x 7 x 7."""
+    """docs/methods.md §1.5: a 16x112x112 clip reaches conv5 as 512 x 2 x 7 x 7; a 4-frame frame-set as 1 x 7 x 7."""
     model = models.build("r3d_10").eval()
     with torch.no_grad():
         assert model.features(torch.randn(1, 3, 16, 112, 112)).shape == (1, 512, 2, 7, 7)
@@ -68,7 +69,7 @@ def test_published_feature_map_sizes():
 
 def test_registry_lists_and_names_the_unknown():
     assert models.names() == sorted(VIDEO + AUDIO)
-    with pytest.raises(KeyError, match="unknown backbone 'r3d_50'.*r3d_18"):
+    with pytest.raises(UnknownName, match="unknown backbone 'r3d_50'.*r3d_18"):
         models.build("r3d_50")
 
 

@@ -24,7 +24,7 @@ def test_stkd_demean_is_the_dct_highpass():
     assert torch.equal(stkd(x, "none"), x)
 
 
-# methods.md §1.7: edges in shuffled-position coordinates, per order
+# docs/methods.md §1.7: edges in shuffled-position coordinates, per order
 EXPECTED_INTER_EDGES = {(0, 1, 2): {(0, 1), (1, 2)}, (2, 1, 0): {(0, 1), (1, 2)}, (0, 2, 1): {(0, 2), (1, 2)},
                         (1, 0, 2): {(0, 1), (0, 2)}, (1, 2, 0): {(0, 1), (0, 2)}, (2, 0, 1): {(1, 2), (0, 2)}}
 

@@ -44,7 +44,7 @@ def test_every_method_trains_a_few_steps(method, timecoded_dataset, tmp_path):
     result = run_cli("train", "--method", method, "--data", timecoded_dataset, "--out", run, "--max-steps", 2,
                      *TINY, *PER_METHOD[method])
     assert result.exit_code == 0, result.output
-    assert f'method_name = "{method}"' in result.output  # the resolved config is printed
+    assert f"config ({run}/config.json): method_name={method} " in result.output  # the resolved config, one line
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)

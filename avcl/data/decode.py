@@ -27,10 +27,8 @@ def sample_meta(sample: dict) -> dict:
         raise SampleError(f"{key}: no {schema.JSON_EXT} member")
     try:
         meta = schema.decode_json(sample[schema.JSON_EXT])
-    except ValueError as exc:
+    except schema.MetadataError as exc:
         raise SampleError(f"{key}: bad json: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise SampleError(f"{key}: bad json: an object expected, not {type(meta).__name__}")
     bad = [f for f in NUMERIC_FIELDS if isinstance(meta.get(f), bool) or not isinstance(meta.get(f), (int, float))]
     if bad:
         raise SampleError(f"{key}: bad json: {', '.join(bad)} missing or not numbers")

@@ -54,8 +54,18 @@ def encode_json(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True).encode()
 
 
-def decode_json(data: bytes) -> dict:
-    return json.loads(data)
+class MetadataError(ValueError):
+    """JSON (a sample's `.json` member, a dataset.json) that is not a JSON object."""
+
+
+def decode_json(data: bytes | str) -> dict:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise MetadataError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise MetadataError(f"an object expected, not {type(value).__name__}")
+    return value
 
 
 def members(key: str, meta: dict, audio: bytes | None, jpegs: list[bytes] | None,

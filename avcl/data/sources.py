@@ -2,7 +2,7 @@
 
 A source spec is one string: a dataset folder or prefix (its shards and sample counts come from dataset.json),
 a shard URL or brace pattern (`ks-train-{000000..000099}.tar`), or a `pipe:COMMAND` writing a tar to stdout.
-A trailing `@WEIGHT` mixes several sources in training (`data/ks100@0.7 s3://b/vgg@0.3`).
+A trailing `@WEIGHT` mixes several sources in training (`--data data/ks100@0.7 --data s3://b/vgg@0.3`).
 
 Sample counts come from dataset.json (the dataset's own or the one beside the shards), never from counting a
 stream: training needs them before the first sample to fix the steps per epoch.
@@ -10,19 +10,20 @@ stream: training needs them before the first sample to fix the steps per epoch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
-import json
 import os
 import queue
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from typing import IO
 
 import braceexpand
+
+from avcl.data import schema
+from avcl.errors import UserError
+from avcl.storage import retry, s3_client, s3_errors, split_s3
 
 DATASET_JSON = "dataset.json"
 RETRIES = 4
@@ -41,62 +42,47 @@ class Source:
         return None if None in self.shard_samples else sum(self.shard_samples)
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A source spec that names nothing readable; the message names the spec and what to do."""
-
-
-@functools.lru_cache(maxsize=None)
-def _s3_client_for(pid: int):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}))
-
-
-def s3_client():
-    """One boto3 S3 client per process (clients are not fork-safe), from the standard AWS environment."""
-    return _s3_client_for(os.getpid())
-
-
-def split_s3(url: str) -> tuple[str, str]:
-    bucket, _, key = url[len("s3://"):].partition("/")
-    return bucket, key
 
 
 def open_url(url: str) -> IO[bytes]:
     """A readable binary stream for a local path, http(s) URL, s3://bucket/key or pipe:COMMAND.
 
-    Opening is retried with backoff (network and object-store hiccups); a missing object raises at once.
-    Network streams are read ahead by a thread (`_ReadAhead`).
+    A missing file or object raises FileNotFoundError at once; an HTTP open is retried with backoff on
+    transient failures (S3 requests are retried by botocore); storage refusals are StorageErrors. Network
+    streams are read ahead by a thread (`_ReadAhead`).
     """
     if url.startswith("pipe:"):
         return _PipeStream(url[len("pipe:"):])
     if url.startswith(("http://", "https://")):
-        response = _with_retries(lambda: urllib.request.urlopen(url, timeout=60), url)
-        return io.BufferedReader(_ReadAhead(response, url), READ_BUFFER)
+        return io.BufferedReader(_ReadAhead(_open_http(url), url), READ_BUFFER)
     if url.startswith("s3://"):
         bucket, key = split_s3(url)
-        body = _with_retries(lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"], url)
+        with s3_errors(url):
+            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         return io.BufferedReader(_ReadAhead(body, url), READ_BUFFER)
     return open(url[len("file://"):] if url.startswith("file://") else url, "rb", buffering=READ_BUFFER)
 
 
-def _is_missing(exc: Exception) -> bool:
+def _open_http(url: str):
+    try:
+        return retry(lambda: urllib.request.urlopen(url, timeout=60), RETRIES, 0.5, _transient_http)
+    except urllib.error.HTTPError as exc:
+        if exc.code in MISSING_HTTP:
+            raise FileNotFoundError(f"{url}: HTTP {exc.code}") from None
+        raise OSError(f"cannot open {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise OSError(f"cannot open {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+MISSING_HTTP = (403, 404, 410)  # 403: what S3-style servers answer for a missing key without list rights
+
+
+def _transient_http(exc: BaseException) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
-        return exc.code in (403, 404, 410)
-    return type(exc).__name__ in ("NoSuchKey", "NoSuchBucket") or "NoSuchKey" in str(exc)
-
-
-def _with_retries(attempt, url: str):
-    for k in range(RETRIES):
-        try:
-            return attempt()
-        except Exception as exc:
-            if _is_missing(exc) or k == RETRIES - 1:
-                raise OSError(f"cannot open {url}: {exc}") from exc
-            time.sleep(0.5 * 2 ** k)
+        return exc.code == 429 or exc.code >= 500
+    return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))
 
 
 class _ReadAhead(io.RawIOBase):
@@ -177,16 +163,16 @@ class _PipeStream:
 
 
 def read_json(url: str) -> dict | None:
-    """A JSON document at `url`, or None when there is none."""
+    """A JSON document at `url`, or None when there is none; a SourceError naming the file when it is not JSON."""
     try:
         with open_url(url) as f:
-            return json.loads(f.read())
+            text = f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
-        if isinstance(exc.__cause__, Exception) and _is_missing(exc.__cause__):
-            return None
-        raise
+    try:
+        return schema.decode_json(text)
+    except schema.MetadataError as exc:
+        raise SourceError(f"{url}: {exc}; rebuild the dataset or restore the file") from None
 
 
 def dataset_info(url: str) -> dict | None:
@@ -204,8 +190,10 @@ def shard_stamps(url: str, names: list[str]) -> dict[str, list | None]:
     if url.startswith("s3://"):
         bucket, prefix = split_s3(url + "/")
         listed = {}
-        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            listed.update({item["Key"][len(prefix):]: [item["Size"], item["ETag"]] for item in page.get("Contents", [])})
+        with s3_errors(url):
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                listed.update({item["Key"][len(prefix):]: [item["Size"], item["ETag"]]
+                               for item in page.get("Contents", [])})
         return {name: listed.get(name) for name in names}
     if url.startswith(("http://", "https://")):
         return {name: _http_stamp(f"{url}/{name}") for name in names}
@@ -226,9 +214,9 @@ def _http_stamp(url: str) -> list | None:
             headers = response.headers
             return [headers.get("Content-Length"), headers.get("ETag") or headers.get("Last-Modified")]
     except urllib.error.HTTPError as exc:
-        if _is_missing(exc):
+        if exc.code in MISSING_HTTP:
             return None
-        raise
+        raise OSError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
 
 
 def shard_names(info: dict) -> list[str]:
@@ -266,8 +254,9 @@ def resolve(spec: str, split: str = "train") -> Source:
 
 
 def resolve_all(specs: list[str] | str, split: str = "train") -> list[Source]:
-    """Several specs (a list, or one string separated by spaces) resolved; each must name at least one shard."""
-    items = specs.split() if isinstance(specs, str) else [s for item in specs for s in item.split()]
+    """Several specs resolved, one per item (never split on spaces: `pipe:COMMAND ARGS` is one source); each
+    must name at least one shard."""
+    items = [specs] if isinstance(specs, str) else [item for item in specs if item.strip()]
     if not items:
         raise SourceError("no data source given: pass a dataset folder, shard URLs or a pipe: command")
     return [resolve(item, split) for item in items]

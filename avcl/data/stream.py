@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import random
+import signal
 import zlib
 from typing import Iterator
 
@@ -276,4 +277,12 @@ def loader(stream: TrainStream | EvalStream, pin_memory: bool = False) -> DataLo
     """A DataLoader over a stream that already yields batches, with the stream's configured workers."""
     workers = stream.config.workers
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False, prefetch_factor=4 if workers else None,
+                      worker_init_fn=_leave_stop_signals_to_the_main_process if workers else None)
+
+
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """Workers ignore SIGINT and SIGTERM: Ctrl-C or a scheduler's signal reaches the whole process group, and the
+    main process decides (training checkpoints first); workers end when it shuts the loader down or exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

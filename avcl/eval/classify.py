@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from avcl.errors import ConfigError
+
 CLASSIFIERS = ("logreg", "svm", "svm-tcgl")
 
 
@@ -48,7 +50,7 @@ def make_classifier(kind: str, c: float, max_iter: int, seed: int):
     if kind == "svm-tcgl":
         return LinearSVC(C=c, loss="squared_hinge", penalty="l2", dual=False, fit_intercept=False, tol=0.01,
                          max_iter=max_iter, random_state=seed)
-    raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {kind!r}")
+    raise ConfigError(f"classifier must be one of {CLASSIFIERS}, not {kind!r}")
 
 
 def holdout_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,12 +12,13 @@ import dataclasses
 import numpy as np
 
 from avcl.data.views import FOLD_ROLES, fold_codes
+from avcl.errors import UserError
 from avcl.registry import Registry
 
 DATASETS = Registry("evaluation dataset")
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError):
     """The data does not fit the requested dataset or fold; the message says what to do."""
 
 

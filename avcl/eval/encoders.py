@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 import avcl.methods as methods
+from avcl import storage
+from avcl.errors import ConfigError
 from avcl.eval import pretrained
 from avcl.methods.base import Method, flat
 from avcl.train import checkpoint
@@ -67,26 +69,46 @@ def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (),
         model = methods.build(method, config.method)
         digest = hashlib.sha256(("random:" + json.dumps(config.to_dict(), sort_keys=True)).encode()).hexdigest()
         return Encoders(model.to(device).eval(), config, "random", digest, 0)
-    path = Path(where)
+    local, mirror = fetched(where)
+    path = Path(local)
     if path.is_dir() and pretrained.export_folder(path) is None:
         path = path / checkpoint.LAST
+    shown = mirror.url_of(path.relative_to(mirror.local).as_posix()) if mirror else str(path)
     folder = pretrained.export_folder(path) if checkpoint_format is None else None
     if folder is not None:
         model, config, files, step = pretrained.load_export(folder)
         has_own_fusion = type(model).fused_features is not Method.fused_features
-        return Encoders(model.to(device).eval(), config, str(path), pretrained.file_digest(*files), step,
+        return Encoders(model.to(device).eval(), config, shown, pretrained.file_digest(*files), step,
                         fusion_weights=not has_own_fusion)
-    saved = pretrained.read_checkpoint(path)
+    saved = checkpoint.load(path)
     if checkpoint_format is None and "config" in saved and "model" in saved:
         config = from_dict(saved["method_name"], {k: v for k, v in saved["config"].items() if k != "method_name"})
         model = methods.build(config.method_name, config.method)
         model.load_state_dict(saved["model"])
-        return Encoders(model.to(device).eval(), config, str(path), pretrained.file_digest(path), saved["state"]["step"])
+        return Encoders(model.to(device).eval(), config, shown, pretrained.file_digest(path), saved["state"]["step"])
     layout = checkpoint_format or "torchvision"
     model, encoder = pretrained.load_converted(pretrained.FORMATS.get(layout)(saved), backbone)
     config = pretrained.preprocessing_config(layout, encoder, preset)
     digest = pretrained.file_digest(path, extra=json.dumps([layout, config.to_dict()], sort_keys=True))
-    return Encoders(model.to(device).eval(), config, str(path), digest, 0)
+    return Encoders(model.to(device).eval(), config, shown, digest, 0)
+
+
+def fetched(where: str) -> tuple[str, storage.RunFolder | None]:
+    """A local path for --checkpoint: `where` itself, or for s3:// a path in a local mirror (returned too) of the
+    checkpoint file, the run folder's last.pt or the export folder's files."""
+    if not storage.is_remote(where):
+        return where, None
+    encoder_files = [pretrained.EXPORT_INFO, "video_encoder.pt", "audio_encoder.pt"]
+    if where.endswith(".pt"):
+        folder = storage.RunFolder(storage.location_folder(where), "--checkpoint")
+        name = storage.location_name(where)
+        if not folder.pull(name):
+            raise checkpoint.CheckpointError(f"{where}: no such object")
+        folder.pull(*encoder_files)
+        return str(folder.path(name)), folder
+    folder = storage.RunFolder(where, "--checkpoint")
+    folder.pull(*(encoder_files if pretrained.EXPORT_INFO in folder.names() else [checkpoint.LAST]))
+    return str(folder.local), folder
 
 
 def conv5_max(feature_map: torch.Tensor, backbone: str, layer: str = "conv5-max-vcop") -> torch.Tensor:
@@ -94,7 +116,7 @@ def conv5_max(feature_map: torch.Tensor, backbone: str, layer: str = "conv5-max-
     pools = CONV5_POOLS[layer]
     family = next((name for name in pools if backbone.startswith(name)), None)
     if family is None:
-        raise ValueError(f"no published conv5 pooling for backbone {backbone!r}; use --set protocol.layer=gap")
+        raise ConfigError(f"no published conv5 pooling for backbone {backbone!r}; use --set protocol.layer=gap")
     kernel = tuple(min(k, size) for k, size in zip(pools[family], feature_map.shape[2:]))  # small inputs
     return F.max_pool3d(feature_map, kernel, kernel).flatten(1)
 
@@ -106,19 +128,19 @@ def video_embedding(encoders: Encoders, clips: torch.Tensor, layer: str = "gap")
         return method.video_features(clips)
     if layer in CONV5_POOLS:
         return conv5_max(method.video.features(method.video_input(clips)), encoders.config.method.video_backbone, layer)
-    raise ValueError(f"video layer must be one of {VIDEO_LAYERS}, not {layer!r}")
+    raise ConfigError(f"video layer must be one of {VIDEO_LAYERS}, not {layer!r}")
 
 
 def audio_embedding(encoders: Encoders, specs: torch.Tensor, layer: str = "gap") -> torch.Tensor:
     """[M, 1, F, T] log-mels -> [M, D]."""
     audio = getattr(encoders.method, "audio", None)
     if audio is None:
-        raise ValueError(f"method {encoders.config.method_name} has no audio encoder: evaluate --modality video")
+        raise ConfigError(f"method {encoders.config.method_name} has no audio encoder: evaluate --modality video")
     if layer == "gap":
         return audio(specs)
     if layer == "conv5":
         return F.adaptive_max_pool2d(audio.features(specs), 3).flatten(1)
-    raise ValueError(f"audio layer must be one of {AUDIO_LAYERS}, not {layer!r}")
+    raise ConfigError(f"audio layer must be one of {AUDIO_LAYERS}, not {layer!r}")
 
 
 def embedding_dim(encoders: Encoders, modality: str) -> int:
@@ -139,7 +161,7 @@ def clip_embedder(encoders: Encoders, modality: str, layer: str = "gap"):
     L2-normalised video and audio embeddings (cosine on it is the mean of the two cosines).
     """
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+        raise ConfigError(f"modality must be one of {MODALITIES}, not {modality!r}")
 
     def embed(inputs: dict) -> torch.Tensor:
         video = inputs.get("video")
@@ -152,7 +174,7 @@ def clip_embedder(encoders: Encoders, modality: str, layer: str = "gap"):
         crops = video.shape[1] // audio.shape[1]  # evaluation crops share their clip's audio
         audio = flat(audio).repeat_interleave(crops, dim=0)
         if not encoders.fusion_weights:
-            raise ValueError(f"{encoders.config.method_name}'s fused features come from its fusion module, which "
+            raise ConfigError(f"{encoders.config.method_name}'s fused features come from its fusion module, which "
                              "`avtools export` does not write: evaluate the run folder, or --modality video/audio")
         fused = encoders.method.fused_features(flat(video), audio)
         if fused is None:

@@ -8,9 +8,11 @@ Protocols register here with their recipe dataclass (the published defaults, ove
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +27,9 @@ from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
 from avcl.eval.features import FeatureSpec, Features, cache_key, extract, feature_spec, feature_views, stream_config
 from avcl.methods.losses import world
+from avcl.progress import Progress, duration
 from avcl.registry import Registry
+from avcl.storage import cache_dir
 
 log = logging.getLogger("avcl.eval")
 
@@ -69,10 +73,10 @@ class Row:
 class EvalOptions:
     data: str  # a dataset folder (local, http(s), s3) built by avtools build-dataset
     batch_size: int = 16
-    workers: int = 4
+    workers: int | str = "auto"  # loader processes per rank: auto (see avcl.machine) or a number (0: none)
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
     max_clips: int = 0  # clips through the encoder at once, whatever the clips per video; 0: 64 on CUDA, 16 on CPU
-    cache_dir: Path = Path("~/.cache/avtools/features")
+    cache_dir: Path = dataclasses.field(default_factory=lambda: cache_dir() / "features")
     figures_dir: Path = Path(".")
 
 
@@ -278,20 +282,15 @@ def with_means(rows: list[Row]) -> list[Row]:
     return rows + [mean_row(g) for g in groups.values() if len(g) > 1]
 
 
-class _progress:
-    """A rich progress bar on rank 0 while features are extracted."""
-
-    def __init__(self, what: str, total: int | None):
-        self.what, self.total = what, total
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            disable=world()[0] != 0, transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.what, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        self.bar.stop()
+@contextlib.contextmanager
+def _progress(what: str, total: int | None):
+    """Progress of one extraction on rank 0: a bar on a terminal; in a log a line per loader batch at most every
+    10 s, and one at the end."""
+    samples = 0
+    with Progress(what, total or 0, every=10.0, active=world()[0] == 0, transient=True) as progress:
+        def advance(n: int) -> None:
+            nonlocal samples
+            samples += n
+            progress.update(samples, f"samples, {progress.rate():.1f}/s")
+        yield advance
+        progress.update(samples, f"samples in {duration(time.monotonic() - progress.started)}", log=True)

@@ -1,4 +1,4 @@
-"""`--protocol esc50`: ESC-50 sound classification with a frozen audio encoder, CrissCross's protocol (§6).
+"""`--protocol esc50`: ESC-50 sound classification with a frozen audio encoder, CrissCross's protocol (docs/protocols.md §6).
 
 Each 5-s recording gives 100 augmented training crops (random position, volume jitter, SpecAugment masks;
 the published time warp is not applied) and 10 evenly spaced test crops; the feature is the conv5 map

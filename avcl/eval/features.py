@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from avcl.data.augment import DeviceAugment
 from avcl.data.stream import EvalStream, StreamConfig, loader
 from avcl.data.views import ViewSpec
+from avcl.machine import loader_workers
 from avcl.methods.losses import world
 
 log = logging.getLogger("avcl.eval")
@@ -192,6 +193,6 @@ def feature_views(spec: FeatureSpec, train_spec: ViewSpec) -> ViewSpec:
         audio_seconds=spec.audio_seconds or train_spec.audio_seconds)
 
 
-def stream_config(batch_size: int, workers: int) -> StreamConfig:
+def stream_config(batch_size: int, workers: int | str) -> StreamConfig:
     rank, size = world()
-    return StreamConfig(batch_size=batch_size, workers=workers, world_size=size, rank=rank)
+    return StreamConfig(batch_size=batch_size, workers=loader_workers(workers), world_size=size, rank=rank)

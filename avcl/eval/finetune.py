@@ -1,4 +1,4 @@
-"""`--protocol finetune`: full fine-tuning, the AVID/SEVERE recipe (protocols.md §3).
+"""`--protocol finetune`: full fine-tuning, the AVID/SEVERE recipe (docs/protocols.md §3).
 
 Adam 1e-4, batch 32, 32-frame clips at 112 pixels, 16 epochs with milestones 6, 10, 14 (x0.3) on UCF101 and
 10 epochs with 3, 6, 8 on HMDB51, dropout 0.5, 10 random clips per video and epoch; test on 10 uniform clips

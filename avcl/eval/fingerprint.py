@@ -1,4 +1,4 @@
-"""`--protocol fingerprint`: robust video fingerprinting on VGG-Sound (protocols.md §7, a reconstruction of
+"""`--protocol fingerprint`: robust video fingerprinting on VGG-Sound (docs/protocols.md §7, a reconstruction of
 Jenni et al.'s / VPN's setting until checked against the paper).
 
 Database: the test split's original clips embedded by the frozen encoders (10 clips averaged). Queries: the

@@ -1,7 +1,7 @@
 """`--protocol knn`: weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018).
 
 Each of the k most cosine-similar train samples votes for its class with weight exp(cos / τ), τ = 0.07;
-k = 1, 20 and 200 on the retrieval features (protocols.md §5), top-1 and top-5 of the votes. Neighbours tied
+k = 1, 20 and 200 on the retrieval features (docs/protocols.md §5), top-1 and top-5 of the votes. Neighbours tied
 in similarity are taken in sample order and tied votes go to the lower class index, so results are
 deterministic. The same function is the training run's online monitor (leave-one-out on the validation shards).
 
@@ -88,7 +88,7 @@ class KnnRecipe:
     frames: int = 16
     fps: float = 0.0  # the retrieval features: consecutive stored frames
     size: int = 112
-    layer: str = "conv5-max-vcop"  # the retrieval features (protocols.md §5); gap also possible
+    layer: str = "conv5-max-vcop"  # the retrieval features (docs/protocols.md §5); gap also possible
     normalize_clips: bool = False
 
 

@@ -1,4 +1,4 @@
-"""`--protocol linear-sgd`: SEVERE's linear head (protocols.md §2, SEVERE `ucf/112x112x32-fold1-linear.yaml`).
+"""`--protocol linear-sgd`: SEVERE's linear head (docs/protocols.md §2, SEVERE `ucf/112x112x32-fold1-linear.yaml`).
 
 A frozen backbone (BatchNorm statistics kept) under a linear layer trained on augmented clips: 16 frames
 (1 s at 16 fps) at 112 pixels, multi-scale crop + colour jitter, 10 random clips per video and epoch; Adam

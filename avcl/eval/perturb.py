@@ -1,4 +1,4 @@
-"""Benign transformations for fingerprinting queries (protocols.md §7, a reconstruction of VPN-style queries).
+"""Benign transformations for fingerprinting queries (docs/protocols.md §7, a reconstruction of VPN-style queries).
 
 A `Perturbation` is one family with its strength; the stream applies it to each sample's decoded views in the
 loader workers, seeded per sample key, so the query set is the same on every run, rank and worker:
@@ -16,6 +16,8 @@ import fractions
 import io
 
 import numpy as np
+
+from avcl.errors import ConfigError
 
 VISUAL = ("jpeg", "h264", "resize", "aspect", "crop", "blur", "noise", "colour", "overlay")
 AUDIO = ("audio-noise", "audio-gain", "audio-reencode")
@@ -49,7 +51,7 @@ class Perturbation:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ValueError(f"unknown transformation {self.family!r}; families: {', '.join(FAMILIES)}")
+            raise ConfigError(f"unknown transformation {self.family!r}; families: {', '.join(FAMILIES)}")
 
     @property
     def describe(self) -> dict:

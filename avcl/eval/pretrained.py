@@ -32,6 +32,8 @@ from avcl import models
 from avcl.data.views import ViewSpec
 from avcl.methods.base import EncoderConfig, Method
 from avcl.registry import Registry
+from avcl.train import checkpoint
+from avcl.train.checkpoint import CheckpointError
 from avcl.train.config import TrainConfig, build_section, from_dict, named_preset
 
 VIDEO_BACKBONES = ("r2plus1d_18", "r3d_18", "r2plus1d_10", "r3d_10", "r2plus1d_34", "r3d_34", "c3d")
@@ -40,10 +42,6 @@ WIDTH_KEYS = ("layer1.0.conv1.1.weight", "bn1.weight", "conv1.1.weight")  # a Ba
 CLASSIFIER = re.compile(r"^(fc|linear)\.(weight|bias)$")  # a backbone's own classifier: never a feature
 DEFAULT_PREPROCESSING = "kinetics"
 EXPORT_INFO = "export.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint whose layout matches no backbone or converter; the message lists what did not match."""
 
 
 @dataclasses.dataclass
@@ -63,21 +61,6 @@ def register_format(name: str):
         FORMATS.register(name)(convert)
         return convert
     return add
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint file's dict, loaded without running pickled code."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint there (a run folder holds last.pt, best.pt, step_*.pt; an "
-                                "export folder export.json and *_encoder.pt)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several kinds for files it cannot read safely
-        raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); save its state_dict with torch.save") from None
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: holds a {type(saved).__name__}, not a state_dict; save model.state_dict()")
-    return saved
 
 
 def unwrap(saved: dict) -> dict[str, torch.Tensor]:
@@ -229,7 +212,7 @@ def load_export(folder: Path) -> tuple[Method, TrainConfig, list[Path], int]:
     for name, encoder in method.encoders().items():
         path = folder / f"{name}_encoder.pt"
         if path.is_file():
-            encoder.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            encoder.load_state_dict(checkpoint.load(path))
             files.append(path)
         else:
             setattr(method, name, None)

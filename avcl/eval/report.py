@@ -16,12 +16,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from avcl.errors import UserError
 from avcl.eval.engine import Row
+from avcl.storage import write_atomic
 
 ROW_FIELDS = ("dataset", "split", "protocol", "modality", "metrics", "settings", "encoder")
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """A file that is not an avtools results file, or a --compare request that cannot be met."""
 
 
@@ -74,11 +76,8 @@ def print_rows(rows: list[Row], console: Console | None = None) -> None:
 
 
 def save(rows: list[Row], path: Path, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"rows": [dataclasses.asdict(r) for r in rows], **meta}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
 
 
 def load_rows(path: Path) -> list[dict]:

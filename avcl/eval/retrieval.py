@@ -1,4 +1,4 @@
-"""`--protocol retrieval`: VCOP/PRP/TCGL video retrieval, exactly (protocols.md §4).
+"""`--protocol retrieval`: VCOP/PRP/TCGL video retrieval, exactly (docs/protocols.md §4).
 
 Test videos query the train videos: 10 clips of 16 consecutive stored frames per video (build the data at
 the videos' own rate, `--fps native`) with centres evenly spaced from 8 to n - 8, centre crop 112 of the

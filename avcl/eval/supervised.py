@@ -21,6 +21,7 @@ from torch import nn
 
 from avcl.data.sources import resolve
 from avcl.data.stream import EvalStream, TrainStream, loader
+from avcl.errors import ConfigError
 from avcl.eval.engine import Engine
 from avcl.eval.encoders import clip_embedder, embedding_dim
 from avcl.eval.features import FeatureSpec, Features, extract, feature_views, stream_config
@@ -119,7 +120,7 @@ def train_and_test(engine: Engine, recipe: SupervisedRecipe, fold: str, modality
 def _train_stream(engine: Engine, recipe, fold: str, modality: str, world: int) -> TrainStream:
     dataset = engine.dataset
     if recipe.batch_size % world:
-        raise ValueError(f"batch_size {recipe.batch_size} must be divisible by the {world} ranks")
+        raise ConfigError(f"batch_size {recipe.batch_size} must be divisible by the {world} ranks")
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "train", engine.splits)]
     videos = dataset.coverage(engine.info, fold, "train")[1]
     spec = FeatureSpec(modality=modality, clips=1, frames=recipe.frames, fps=recipe.fps, size=recipe.size,
@@ -137,7 +138,7 @@ def _optimizer(model: Classifier, recipe: SupervisedRecipe) -> torch.optim.Optim
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    raise ValueError(f"optimizer must be adam or sgd, not {recipe.optimizer!r}")
+    raise ConfigError(f"optimizer must be adam or sgd, not {recipe.optimizer!r}")
 
 
 def _average_gradients(module: nn.Module) -> None:
@@ -153,9 +154,9 @@ def parse_views(views: str) -> tuple[int, int]:
     try:
         clips, crops = (int(v) for v in views.lower().split("x"))
     except ValueError:
-        raise ValueError(f"views must look like 10x1 or 10x3 (clips x crops), not {views!r}") from None
+        raise ConfigError(f"views must look like 10x1 or 10x3 (clips x crops), not {views!r}") from None
     if crops not in (1, 3):
-        raise ValueError(f"test crops must be 1 (centre) or 3 (left, centre, right), not {crops}")
+        raise ConfigError(f"test crops must be 1 (centre) or 3 (left, centre, right), not {crops}")
     return clips, crops
 
 

@@ -1,7 +1,7 @@
 """AVCL: attention fusion (AMFM), co-correlation alignment (CGRA) and contrastive learning (SelfCL).
 
 Liu, Tan & Lan, "Self-supervised Contrastive Learning for Audio-Visual Action Recognition" (ICIP 2023).
-RECONSTRUCTION: only the abstract is public. The equations below follow ../shared/docs/methods.md §2.4; every
+RECONSTRUCTION: only the abstract is public. The equations below follow docs/methods.md §2.4; every
 reconstructed choice is a field of `AVCLConfig` (§2.5) so an ablation is one `--set`:
 
 - AMFM (`fusion="amfm"`): `amfm_layers` layers of cross-modal attention (video tokens attend to audio tokens and
@@ -12,10 +12,10 @@ reconstructed choice is a field of `AVCLConfig` (§2.5) so an ablation is one `-
   sample-level `cgra_guided` term weighted by softmax_b(⟨p̂_v,b, p̂_a,b⟩ / τ_g).
 - SelfCL: symmetric cross-modal InfoNCE (τ = 0.07) on each of the two views, plus the fused term between the
   two views' fused embeddings (`selfcl_fused_term`). The two views are two augmentations of the same clip (same
-  frames and audio window, independent crops, colour and SpecAugment), as methods.md specifies
+  frames and audio window, independent crops, colour and SpecAugment), as docs/methods.md §2.4 describes
   (`selfcl_views = "same_clip"`); `"two_clips"` draws them at independent times instead.
 Total: L = L_xm + L_ff + λ_cgra L_cgra. `--preset avcl-author` switches to the authors' audio profile (24 kHz,
-256 mels, methods.md §2.3).
+256 mels, docs/methods.md §2.3).
 """
 from __future__ import annotations
 

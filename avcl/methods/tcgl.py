@@ -1,7 +1,7 @@
 """TCGL: temporal contrastive graphs over snippets and frame-sets, with adaptive snippet order prediction.
 
 Liu, Wang, Liu, Lan & Lin, "TCGL: Temporal Contrastive Graph for Self-Supervised Video Representation
-Learning" (IEEE TIP 2022), as implemented in github.com/YangLiu9208/TCGL @ ceae87c (methods.md §1):
+Learning" (IEEE TIP 2022), as implemented in github.com/YangLiu9208/TCGL @ ceae87c (docs/methods.md §1):
 
 1. Each sample is S = 3 snippets of 16 consecutive frames at the video's own rate (build the data with `--fps
    native`), 8 frames apart, in shuffled order (the permutation's index is the label). Videos shorter than 64

@@ -1,7 +1,7 @@
 """Audio-visual contrastive learning with temporal self-supervision.
 
 Jenni, Black & Collomosse, "Audio-Visual Contrastive Learning with Temporal Self-Supervision" (AAAI 2023).
-RECONSTRUCTION: no code is public and only the abstract was read; this follows methods.md §3.4 and every
+RECONSTRUCTION: no code is public and only the abstract was read; this follows docs/methods.md §3.4 and every
 reconstructed choice is a field of `TemporalAVConfig` (§3.5). Its defaults are reconstruction defaults.
 
 Per video the data gives two clips from disjoint windows, each at a random playback speed (frame skip 1/2/4/8)

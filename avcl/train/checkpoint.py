@@ -3,33 +3,32 @@
 A checkpoint is a plain dict of tensors and Python scalars (model, optimiser, scheduler, scaler, loop state,
 RNG states, the resolved config as a dict) saved with `torch.save` to a temporary file in the same folder,
 flushed to disk and renamed over the target: a crash mid-write leaves the previous file whole. Loading uses
-`torch.load(weights_only=True)`, which refuses pickled code.
+`torch.load(weights_only=True)`, which refuses pickled code; a file it cannot read is a CheckpointError that
+says so (never advising to load it with code execution allowed).
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from avcl.errors import UserError
+from avcl.storage import atomic_file
+
 LAST, BEST = "last.pt", "best.pt"
+STEP = re.compile(r"step_(\d+)\.pt")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, or whose layout matches no backbone or converter."""
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(payload, f)
 
 
 def sweep_partial(run_dir: Path) -> list[Path]:
@@ -42,9 +41,37 @@ def sweep_partial(run_dir: Path) -> list[Path]:
 
 
 def load(path: Path, map_location="cpu") -> dict:
+    """A checkpoint file's dict, loaded without running pickled code."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint there (a run folder holds {LAST}, {BEST}, step_*.pt)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"{path}: no checkpoint there (a run folder holds {LAST}, {BEST}, step_N.pt; an "
+                              "export folder export.json and *_encoder.pt)")
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several kinds for files it cannot read safely
+        raise CheckpointError(f"{path}: not a readable avtools checkpoint ({unreadable_because(exc)}); use a "
+                              "checkpoint avtools train wrote, or a state_dict saved with torch.save") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: holds a {type(saved).__name__}, not a dict of weights; save model.state_dict()")
+    return saved
+
+
+def unreadable_because(exc: Exception) -> str:
+    """Why torch could not load a file, in a few words (torch's own message advises running its code)."""
+    text = str(exc)
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled:
+        return f"it holds a pickled {pickled.group(1)}, which avtools does not run"
+    if isinstance(exc, EOFError) or "PytorchStreamReader" in text or "central directory" in text:
+        return "truncated or corrupt"
+    return f"not a torch.save file: {type(exc).__name__}"
+
+
+def resume_candidates(names: list[str]) -> list[str]:
+    """The checkpoints a resume may start from, in the order to try: last.pt, step_N.pt newest first, best.pt."""
+    steps = sorted((int(m.group(1)), name) for name in names if (m := STEP.fullmatch(name)))
+    ordered = [LAST] + [name for _, name in reversed(steps)] + [BEST]
+    return [name for name in ordered if name in names]
 
 
 def rng_state() -> dict:

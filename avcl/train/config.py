@@ -20,6 +20,8 @@ from pathlib import Path
 import avcl.methods as methods
 from avcl.data.audio import MelConfig, SpecAugmentConfig
 from avcl.data.augment import VideoAugmentConfig
+from avcl.errors import ConfigError
+from avcl.machine import check_device, check_precision, loader_workers
 
 
 @dataclasses.dataclass
@@ -28,12 +30,15 @@ class DataConfig:
     val: list[str] = dataclasses.field(default_factory=list)  # labelled shards for the online kNN monitor
     val_split: str = "val"
     batch_size: int = 64  # global: split over ranks and accumulation steps
-    workers: int = 8  # loader processes per rank
+    workers: int | str = "auto"  # loader processes per rank; auto: the usable cores over the node's ranks, <= 8
     shuffle: int = 1000
     epoch_samples: int = 0  # 0: the sample counts in dataset.json
     frames: int = 0  # 0: the method's own (16)
     stride: int = 0  # 0: the method's own (1)
     canvas: int = 128  # CPU-side square crop the device augmentation samples from
+
+    def __post_init__(self):
+        loader_workers(self.workers)  # a ValueError naming the accepted values
 
 
 @dataclasses.dataclass
@@ -58,7 +63,7 @@ class RunConfig:
     epochs: int = 100
     max_steps: int = 0  # 0: epochs * steps per epoch
     accumulate: int = 1  # micro-batches per optimiser step
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "bf16"  # bf16 | fp16 | fp32 (autocast; losses are float32 either way)
     channels_last: bool = True
     compile: bool = False
@@ -69,6 +74,18 @@ class RunConfig:
     keep_every: int = 0  # steps: also keep step_<N>.pt every this many; 0 keeps only last and best
     knn_every: int = 0  # steps: online kNN accuracy on the val sources; 0 disables
     knn_k: int = 20
+    wandb: bool = False  # also log to Weights & Biases (needs the wandb package; WANDB_* variables apply)
+    wandb_project: str = "avtools"
+
+    def __post_init__(self):
+        check_device(self.device)
+        check_precision(self.precision)
+        for name in ("epochs", "accumulate", "log_every", "checkpoint_every", "knn_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_steps", "keep_every", "knn_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -84,10 +101,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def preset(method_name: str) -> dict:
@@ -213,11 +226,10 @@ def _coerce(hint, value, where: str):
     return value
 
 
-def to_text(config: TrainConfig) -> str:
-    """The resolved config as TOML-like sections, for the console and result rows."""
-    lines = [f"method_name = {json.dumps(config.method_name)}"]
+def compact(config: TrainConfig) -> str:
+    """The resolved config on one line, `section.key=value` (JSON values), for logs."""
+    items = [f"method_name={config.method_name}"]
     for name, section in config.to_dict().items():
         if isinstance(section, dict):
-            lines.append(f"[{name}]")
-            lines += [f"{key} = {json.dumps(value)}" for key, value in section.items()]
-    return "\n".join(lines)
+            items += [f"{name}.{key}={json.dumps(value, separators=(',', ':'))}" for key, value in section.items()]
+    return " ".join(items)

@@ -1,42 +1,60 @@
-"""What a run reports: a live progress line, metrics.jsonl, TensorBoard scalars and, at the end, loss curves."""
+"""What a run reports: progress (a live bar on a terminal, timestamped lines in a log), metrics.jsonl,
+TensorBoard scalars, optionally Weights & Biases, and, at the end, loss curves."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from avcl.progress import Progress
+from avcl.storage import RunFolder
+from avcl.train.config import ConfigError, TrainConfig
+
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
 
 
 class RunLog:
-    """Rank 0 writes; other ranks hold a silent instance so the loop never branches on rank."""
+    """Rank 0 writes; other ranks hold a silent instance so the loop never branches on rank. Files go to the run
+    folder's local side; `sync` uploads them when the run folder is remote."""
 
-    def __init__(self, run_dir: Path, total_steps: int, first_step: int, active: bool):
-        self.run_dir, self.active = run_dir, active
-        self.console = Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[line]}"), TimeRemainingColumn(), console=self.console,
-                                 disable=not active, transient=False)
-        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, line="")
-        self.metrics = open(run_dir / "metrics.jsonl", "a") if active else None
-        self.tensorboard = _tensorboard(run_dir) if active else None
+    def __init__(self, folder: RunFolder, config: TrainConfig, total_steps: int, first_step: int, active: bool):
+        self.folder, self.active = folder, active
+        self.progress = Progress("train", total_steps, first_step, active=active)
+        self.metrics = open(folder.path(METRICS), "a") if active else None
+        self.tensorboard = _tensorboard(folder.path(TENSORBOARD)) if active else None
+        self.wandb = _wandb(config, folder) if active and config.run.wandb else None
 
     def __enter__(self):
-        self.progress.start()
+        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        self.progress.__exit__(*exc)
         if self.metrics:
             self.metrics.close()
         if self.tensorboard:
             self.tensorboard.close()
+        if self.wandb:
+            self.wandb.finish()
+        self.sync()
+
+    def sync(self) -> None:
+        """Flush and upload the logs (a no-op for a local run folder)."""
+        if not self.active:
+            return
+        if self.metrics and not self.metrics.closed:
+            self.metrics.flush()
+        if self.tensorboard:
+            self.tensorboard.flush()
+        self.folder.push(METRICS, TENSORBOARD)
 
     def step(self, step: int, values: dict[str, float], show: bool) -> None:
-        """Record one optimiser step's scalars; refresh the live line when `show`."""
-        self.progress.update(self.task, completed=step)
-        if not self.active or not show:
+        """Record one optimiser step's scalars and report it when `show`."""
+        if not self.active:
+            return
+        if not show:
+            self.progress.update(step)
             return
         record = {"step": step, "time": round(time.time(), 3), **{k: _round(v) for k, v in values.items()}}
         self.metrics.write(json.dumps(record) + "\n")
@@ -44,22 +62,34 @@ class RunLog:
         if self.tensorboard:
             for key, value in values.items():
                 self.tensorboard.add_scalar(key, value, step)
+        if self.wandb:
+            self.wandb.log(values, step=step)
         shown = ["loss", "lr", "clips_per_s", "data_wait"]
         line = " ".join(f"{k}={_short(values[k])}" for k in shown if k in values)
         terms = " ".join(f"{k[5:]}={_short(v)}" for k, v in values.items() if k.startswith("loss/"))
-        self.progress.update(self.task, line=f"{line} | {terms}")
+        self.progress.update(step, f"{line} | {terms}" if terms else line, log=True)
 
     def print(self, message: str) -> None:
-        if self.active:
-            self.progress.console.print(message)
+        self.progress.print(message)
 
 
-def _tensorboard(run_dir: Path):
+def _wandb(config: TrainConfig, folder: RunFolder):
+    """A Weights & Biases run (optional: `run.wandb=true` needs the wandb package; WANDB_MODE, WANDB_API_KEY...
+    apply as usual)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("run.wandb=true needs the wandb package: pip install wandb (or set run.wandb=false)") from None
+    return wandb.init(project=config.run.wandb_project, name=Path(folder.url).name, dir=str(folder.local),
+                      config=config.to_dict(), resume="allow")
+
+
+def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # the tensorboard package is optional
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(path))
 
 
 def _round(value: float) -> float:
@@ -70,9 +100,9 @@ def _short(value: float) -> str:
     return f"{value:.3g}"
 
 
-def plot_curves(run_dir: Path) -> Path | None:
+def plot_curves(folder: RunFolder) -> Path | None:
     """RUN/curves.png: one panel per logged scalar of metrics.jsonl against the step."""
-    path = run_dir / "metrics.jsonl"
+    path = folder.path(METRICS)
     if not path.is_file():
         return None
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -95,7 +125,8 @@ def plot_curves(run_dir: Path) -> Path | None:
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    out = run_dir / "curves.png"
+    out = folder.path("curves.png")
     fig.savefig(out, dpi=90)
     plt.close(fig)
+    folder.push("curves.png")
     return out

@@ -16,6 +16,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,15 +32,18 @@ from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, open_url, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
 from avcl.data.views import eval_spec, run_spec
+from avcl.errors import UserError
+from avcl.machine import check_device, loader_workers
+from avcl.storage import RunFolder
 from avcl.methods.base import Method, flat
 from avcl.eval.features import extract
 from avcl.eval.knn import leave_one_out_accuracy
 from avcl.train import checkpoint
-from avcl.train.config import TrainConfig, to_text
-from avcl.train.logs import RunLog, plot_curves
+from avcl.train.config import TrainConfig, compact
+from avcl.train.logs import METRICS, RunLog, plot_curves
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """A run cannot start or go on; the message says why and what to do."""
 
 
@@ -55,10 +61,14 @@ class Context:
 def setup(device: str) -> Context:
     """Device and process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); 1 process without."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda, but no CUDA device is visible; use --device cpu or auto")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    kind, _, index = check_device(device).partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {device}, but no CUDA device is visible; use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise TrainingError(f"--device {device}, but {torch.cuda.device_count()} CUDA device(s) are visible")
+    use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
+    local = int(index) if index else int(os.environ.get("LOCAL_RANK", 0))
+    target = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(target)
         torch.backends.cudnn.benchmark = True
@@ -68,6 +78,7 @@ def setup(device: str) -> Context:
     return Context(rank, world, target)
 
 
+CONFIG = "config.json"
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -253,11 +264,21 @@ def build_scheduler(optimizer, cfg, total_steps: int, steps_per_epoch: int):
 
 # ---- the run -------------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, run_dir: Path, resume: bool = False, allow_config_change: bool = False) -> Path:
-    """Pre-train `config.method_name`; returns the path of the final checkpoint (RUN/last.pt)."""
+class Stopped(Exception):
+    """SIGTERM or SIGINT stopped the run at a step boundary, after a checkpoint (not an error: the CLI prints how
+    to continue and exits 128 + the signal's number)."""
+
+    def __init__(self, signum: int, step: int, saved: str):
+        self.signum, self.step, self.saved = signum, step, saved
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {saved}")
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, allow_config_change: bool = False) -> str:
+    """Pre-train `config.method_name` into the run folder `out` (local or s3://); returns the final checkpoint."""
     ctx = setup(config.run.device)
     config = for_device(config, ctx.device)
     run, data = config.run, config.data
+    folder = RunFolder(out, scratch=f"rank{ctx.rank}")
     micro = _micro_batch(data.batch_size, ctx.world, run.accumulate)
     sources = _sources(data.train, "train")
     val_sources = _sources(data.val, data.val_split) if data.val else []
@@ -268,13 +289,14 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, allow_config
     steps_per_epoch = max(1, epoch_micro_steps // run.accumulate)
     total = run.max_steps or run.epochs * steps_per_epoch
     trainer.schedule(total, steps_per_epoch)
-    state = _start(trainer, run_dir, resume, ctx, config, allow_config_change)
+    state = _start(trainer, folder, resume, ctx, config, allow_config_change)
     plateau_sources = _plateau_sources(config, val_sources, ctx)
     clips_per_step = data.batch_size * spec.n_clips
-    with RunLog(run_dir, total, state["step"], ctx.main) as log:
+    with RunLog(folder, config, total, state["step"], ctx.main) as log, StopSignals() as stop:
         log.print(f"[bold]{config.method_name}[/]: {total} steps ({steps_per_epoch}/epoch), global batch "
                   f"{data.batch_size} = {ctx.world} rank(s) x {run.accumulate} x {micro}, lr {trainer.lr:.4g}, "
-                  f"{ctx.device}, {run.precision if ctx.device.type == 'cuda' else 'fp32'}; run folder {run_dir}")
+                  f"{ctx.device}, {run.precision if ctx.device.type == 'cuda' else 'fp32'}; run folder {folder.url}")
+        log.print(f"config ({folder.url_of(CONFIG)}): {compact(config)}")
         while state["step"] < total:
             epoch = state["step"] // steps_per_epoch
             stream = TrainStream(sources, spec, _stream_config(data, micro, ctx, epoch, run.seed + 1_000_003 * state["resumes"]),
@@ -283,13 +305,16 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, allow_config
             remaining = min(steps_per_epoch - state["step"] % steps_per_epoch, total - state["step"])
             epoch_losses = []
             for _ in range(remaining):
+                if stop.agreed(ctx):
+                    _save(trainer, state, folder, ctx, config, log)
+                    raise Stopped(stop.signum, state["step"], folder.url_of(checkpoint.LAST))
                 started = time.perf_counter()
                 raw = [next(batches) for _ in range(run.accumulate)]
                 waited = time.perf_counter() - started
                 try:
                     loss, terms = trainer.step(raw, state["step"] + 1)
                 except NonFiniteLoss as exc:
-                    raise TrainingError(f"{exc}; stopped. The last good checkpoint is {_last_good(run_dir)}. "
+                    raise TrainingError(f"{exc}; stopped. The last good checkpoint is {_last_good(folder)}. "
                                         "Lower optim.lr, add warm-up (optim.warmup_epochs) or set optim.clip_grad, "
                                         "then --resume.") from None
                 except torch.OutOfMemoryError:
@@ -305,20 +330,56 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, allow_config
                 step = state["step"]
                 if run.knn_every and val_sources and step % run.knn_every == 0:
                     values["knn_top1"] = knn_monitor(trainer, val_sources, spec, config, ctx)
-                    _keep_best(trainer, state, values["knn_top1"], run_dir, ctx, config)
+                    _keep_best(trainer, state, values["knn_top1"], folder, ctx, config)
                 log.step(step, values, show=step % run.log_every == 0 or step == total or "knn_top1" in values)
-                if step % run.checkpoint_every == 0 or step == total:
-                    _save(trainer, state, run_dir, ctx, config, keep=run.keep_every and step % run.keep_every == 0)
+                keep = bool(run.keep_every) and step % run.keep_every == 0
+                if keep or step % run.checkpoint_every == 0 or step == total:
+                    _save(trainer, state, folder, ctx, config, log, keep=keep)
             epoch_loss = _mean_over_ranks(epoch_losses, ctx)
             if config.optim.schedule == "plateau":
                 trainer.scheduler.step(plateau_metric(trainer, plateau_sources, spec, config, ctx, epoch_loss, log))
             if not (run.knn_every and val_sources):
-                _keep_best(trainer, state, -epoch_loss, run_dir, ctx, config)
-            _save(trainer, state, run_dir, ctx, config)
-        _save(trainer, state, run_dir, ctx, config)  # also when a resume had nothing left to do
+                _keep_best(trainer, state, -epoch_loss, folder, ctx, config)
+            _save(trainer, state, folder, ctx, config, log)
+        _save(trainer, state, folder, ctx, config, log)  # also when a resume had nothing left to do
         if ctx.main:
-            plot_curves(run_dir)
-    return run_dir / checkpoint.LAST
+            plot_curves(folder)
+    return folder.url_of(checkpoint.LAST)
+
+
+class StopSignals:
+    """SIGTERM (a scheduler's preemption, an eviction) and SIGINT (Ctrl-C) ask the loop to stop at the next step
+    boundary, after a checkpoint; a second SIGINT stops at once. Loader workers ignore both (`loader`), so a
+    signal sent to the whole process group reaches the loop, not a worker mid-batch."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._asked) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _asked(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self, ctx: Context) -> bool:
+        """Whether any rank was asked to stop (every rank then stops at the same step)."""
+        if ctx.world == 1:
+            return bool(self.signum)
+        asked = torch.tensor([float(self.signum)], device=ctx.device)
+        dist.all_reduce(asked, op=dist.ReduceOp.MAX)
+        self.signum = self.signum or int(asked.item())
+        return bool(self.signum)
 
 
 def _micro_batch(batch: int, world: int, accumulate: int) -> int:
@@ -345,21 +406,22 @@ def _sources(specs: list[str], split: str):
 
 
 def _stream_config(data, micro: int, ctx: Context, epoch: int, seed: int) -> StreamConfig:
-    return StreamConfig(batch_size=micro, workers=data.workers, world_size=ctx.world, rank=ctx.rank, seed=seed,
+    return StreamConfig(batch_size=micro, workers=loader_workers(data.workers), world_size=ctx.world, rank=ctx.rank, seed=seed,
                         epoch=epoch, shuffle=data.shuffle)
 
 
-def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: TrainConfig,
+def _start(trainer: Trainer, folder: RunFolder, resume: bool, ctx: Context, config: TrainConfig,
            allow_config_change: bool = False) -> dict:
-    last = run_dir / checkpoint.LAST
     if ctx.main:
-        checkpoint.sweep_partial(run_dir)
+        checkpoint.sweep_partial(folder.local)
     if resume:
-        saved = checkpoint.load(last, map_location=ctx.device)
+        saved, name = _resume_from(folder, ctx)
+        if ctx.main:
+            folder.pull(METRICS)  # a remote run's log goes on where it stopped
         changed = config_changes(saved["config"], config.to_dict())
         if changed and not allow_config_change:
-            raise TrainingError(f"--resume with another config than {last}'s ({'; '.join(changed)}): rerun with its "
-                                "settings, or pass --allow-config-change to continue anyway")
+            raise TrainingError(f"--resume with another config than {folder.url_of(name)}'s ({'; '.join(changed)}): "
+                                "rerun with its settings, or pass --allow-config-change to continue anyway")
         trainer.load_state_dict(saved)
         state = dict(saved["state"])
         state["resumes"] += 1
@@ -368,14 +430,47 @@ def _start(trainer: Trainer, run_dir: Path, resume: bool, ctx: Context, config: 
         else:  # other ranks' RNG is not saved: reseed them apart from rank 0 and from their previous runs
             torch.manual_seed(config.run.seed + ctx.rank + 1_000_003 * state["resumes"])
         return state
-    if last.exists():
-        raise TrainingError(f"{run_dir} already holds a run ({last.name}): pass --resume to continue it, or "
+    if checkpoint.resume_candidates(folder.names()):
+        raise TrainingError(f"{folder.url} already holds a run (checkpoints there): pass --resume to continue it, or "
                             "choose another --out")
     if ctx.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        print(to_text(config))
+        folder.path(CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        folder.push(CONFIG)
     return {"step": 0, "resumes": 0, "best": -math.inf, "best_step": 0}
+
+
+def _resume_from(folder: RunFolder, ctx: Context) -> tuple[dict, str]:
+    """The checkpoint a resume continues from: last.pt, or when it cannot be read the newest readable of
+    step_N.pt and best.pt (said so on the log)."""
+    candidates = checkpoint.resume_candidates(folder.names())
+    if not candidates:
+        raise TrainingError(f"--resume: {folder.url} holds no checkpoint ({checkpoint.LAST}, step_N.pt or "
+                            f"{checkpoint.BEST}); drop --resume to start a new run there")
+    unreadable: list[str] = []
+    found = _first_readable(folder, [checkpoint.LAST], candidates, ctx, unreadable)
+    if found is None:  # the newest readable step_N.pt or best.pt, whichever is further on
+        kept = [name for name in candidates if checkpoint.STEP.fullmatch(name)]
+        options = [_first_readable(folder, names, candidates, ctx, unreadable) for names in (kept, [checkpoint.BEST])]
+        found = max((o for o in options if o is not None), key=lambda item: item[0], default=None)
+    if found is None:
+        raise TrainingError(f"--resume: no readable checkpoint in {folder.url}: {'; '.join(unreadable)}")
+    step, name, saved = found
+    if unreadable and ctx.main:
+        print(f"{'; '.join(unreadable)}; resuming from {folder.url_of(name)} (step {step})", file=sys.stderr, flush=True)
+    return saved, name
+
+
+def _first_readable(folder: RunFolder, names: list[str], present: list[str], ctx: Context, unreadable: list[str]):
+    """(step, name, checkpoint) of the first of `names` present that loads; the others' errors in `unreadable`."""
+    for name in (n for n in names if n in present):
+        folder.pull(name)
+        try:
+            saved = checkpoint.load(folder.path(name), map_location=ctx.device)
+        except checkpoint.CheckpointError as exc:
+            unreadable.append(str(exc))
+            continue
+        return saved["state"]["step"], name, saved
+    return None
 
 
 RESUMABLE_CHANGES = ("data.workers", "data.val", "run.device", "run.epochs", "run.max_steps", "run.log_every",
@@ -462,28 +557,33 @@ def _payload(trainer: Trainer, state: dict, config: TrainConfig) -> dict:
             "config": config.to_dict(), "method_name": config.method_name}
 
 
-def _save(trainer, state, run_dir: Path, ctx: Context, config, keep: bool = False) -> None:
+def _save(trainer, state, folder: RunFolder, ctx: Context, config, log: RunLog, keep: bool = False) -> None:
     if ctx.main:
         payload = _payload(trainer, state, config)
-        checkpoint.save_atomic(payload, run_dir / checkpoint.LAST)
+        checkpoint.save_atomic(payload, folder.path(checkpoint.LAST))
+        written = [checkpoint.LAST]
         if keep:
-            checkpoint.save_atomic(payload, run_dir / f"step_{state['step']}.pt")
+            written.append(f"step_{state['step']}.pt")
+            checkpoint.save_atomic(payload, folder.path(written[-1]))
+        folder.push(*written)
+        log.sync()
 
 
-def _keep_best(trainer, state: dict, score: float, run_dir: Path, ctx: Context, config) -> None:
+def _keep_best(trainer, state: dict, score: float, folder: RunFolder, ctx: Context, config) -> None:
     """best.pt tracks the highest score: the kNN monitor's accuracy, or else minus the epoch's mean loss."""
     if score > state["best"]:
         state["best"], state["best_step"] = score, state["step"]
         if ctx.main:
-            checkpoint.save_atomic(_payload(trainer, state, config), run_dir / checkpoint.BEST)
+            checkpoint.save_atomic(_payload(trainer, state, config), folder.path(checkpoint.BEST))
+            folder.push(checkpoint.BEST)
 
 
-def _last_good(run_dir: Path) -> str:
-    last = run_dir / checkpoint.LAST
+def _last_good(folder: RunFolder) -> str:
+    last = folder.path(checkpoint.LAST)
     if not last.exists():
         return "none (no checkpoint was written yet)"
     step = checkpoint.load(last)["state"]["step"]
-    return f"{last} (step {step})"
+    return f"{folder.url_of(checkpoint.LAST)} (step {step})"
 
 
 def _mean_over_ranks(values: list[float], ctx: Context) -> float:

@@ -26,6 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Callable
 
+from avcl.errors import UserError
+from avcl.storage import cache_dir
+
 RECIPES: dict[str, Callable] = {}
 _MODULES = ("kinetics", "ucf101", "hmdb51", "esc50", "vggsound", "folder", "demo")
 
@@ -104,7 +107,7 @@ class RecipeOptions:
     cache: Path | None = None  # where downloaded annotation files are kept
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A problem with the dataset's inputs that stops the build before it starts (names the bad input)."""
 
 
@@ -202,7 +205,7 @@ def fetch_annotation(location: str, cache: Path | None) -> Path:
         if not path.exists():
             raise RecipeError(f"annotation file {location} does not exist")
         return path
-    cache = Path(cache or Path.home() / ".cache" / "avtools") / "annotations"
+    cache = Path(cache or cache_dir()) / "annotations"
     cache.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha1(location.encode()).hexdigest()[:10] + "-" + location.rstrip("/").rsplit("/", 1)[-1]
     target = cache / name

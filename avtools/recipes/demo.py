@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avtools.ffmpeg import cache_dir
+from avcl.storage import cache_dir
 from avtools.recipes import RecipeOptions, recipe
 from avtools.recipes.folder import folder
 
