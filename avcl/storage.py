@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import IO, Callable, Protocol
 
 from avcl.errors import UserError
 
@@ -123,13 +123,32 @@ def contained(name: str) -> str:
     return name
 
 
+class Store(Protocol):
+    """What the builder writes through and the engine reads through; names are relative to the store's root."""
+
+    url: str
+
+    def list(self, prefix: str = "") -> list[str]: ...
+    def open(self, name: str) -> IO[bytes]: ...
+    def get_bytes(self, name: str) -> bytes: ...
+    def put_bytes(self, name: str, data: bytes) -> None: ...
+    def put_file(self, local: str, name: str) -> None: ...
+    def put_if_changed(self, name: str, data: bytes) -> bool: ...
+    def exists(self, name: str) -> bool: ...
+    def delete(self, name: str) -> None: ...
+    def stamps(self, names: list[str]) -> dict[str, list | None]: ...
+    def sweep(self, older_than: float) -> list[str]: ...
+    def local_path(self, name: str) -> str: ...
+
+
 class LocalStore:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"{self.root} is a file, not a folder: give a folder (it is created if missing)")
-        with local_errors(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            with local_errors(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
 
     def path(self, name: str) -> Path:
@@ -178,8 +197,22 @@ class LocalStore:
         self.put_bytes(name, data)
         return True
 
+    def open(self, name: str, buffering: int = -1) -> IO[bytes]:
+        return open(self.path(name), "rb", buffering=buffering)
+
     def get_bytes(self, name: str) -> bytes:
         return self.path(name).read_bytes()
+
+    def stamps(self, names: list[str]) -> dict[str, list | None]:
+        """[size, modification time] per file (None when missing): what identifies its content unread."""
+        stamps = {}
+        for name in names:
+            try:
+                stat = self.path(name).stat()
+                stamps[name] = [stat.st_size, stat.st_mtime_ns]
+            except OSError:
+                stamps[name] = None
+        return stamps
 
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()
@@ -253,7 +286,7 @@ def s3_errors(url: str):
 
 
 class S3Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):  # a prefix needs no creating
         self.bucket, prefix = split_s3(url)
         self.url, self.prefix = url.rstrip("/"), prefix.strip("/")
         self.client = s3_client()
@@ -267,15 +300,19 @@ class S3Store:
     def sweep(self, older_than: float) -> list[str]:
         return []  # an S3 object appears whole or not at all: nothing to sweep
 
-    def list(self, prefix: str = "") -> list[str]:
+    def _objects(self, prefix: str = "") -> dict[str, dict]:
+        """Every object under `prefix`, by name, with its listing entry (Size, ETag, ...)."""
         paginator = self.client.get_paginator("list_objects_v2")
         skip = len(self.prefix) + 1 if self.prefix else 0
         listed = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        names = []
+        objects = {}
         with s3_errors(self.url):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
-                names.extend(obj["Key"][skip:] for obj in page.get("Contents", ()))
-        return sorted(names)
+                objects.update({obj["Key"][skip:]: obj for obj in page.get("Contents", ())})
+        return objects
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._objects(prefix))
 
     def upload(self, local: str | os.PathLike, name: str) -> None:
         with s3_errors(self._url(name)):
@@ -295,9 +332,18 @@ class S3Store:
 
     put_if_changed = LocalStore.put_if_changed
 
-    def get_bytes(self, name: str) -> bytes:
+    def open(self, name: str) -> IO[bytes]:
         with s3_errors(self._url(name)):
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+
+    def get_bytes(self, name: str) -> bytes:
+        with self.open(name) as body:
+            return body.read()
+
+    def stamps(self, names: list[str]) -> dict[str, list | None]:
+        """[size, ETag] per object (None when missing), from one listing of the prefix."""
+        listed = self._objects()
+        return {name: [listed[name]["Size"], listed[name]["ETag"]] if name in listed else None for name in names}
 
     def exists(self, name: str) -> bool:
         try:
@@ -325,14 +371,15 @@ def scheme(url: str) -> str:
     return head.lower() if sep and "/" not in head else ""
 
 
-def open_store(url: str | os.PathLike, what: str = "--out"):
-    """The store at `url`: a local folder (created if missing) or s3://bucket/prefix; other schemes refused."""
+def open_store(url: str | os.PathLike, what: str = "--out", create: bool = True) -> Store:
+    """The store at `url`: a local folder (created if missing, unless not `create`) or s3://bucket/prefix;
+    other schemes refused."""
     url = str(url)
     kind = scheme(url)
     if kind not in SCHEMES:
         raise StorageError(f"{what} {url}: {kind}:// is not a writable location; use a local folder or "
                            "s3://bucket/prefix")
-    return SCHEMES[kind](url[len("file://"):] if kind == "file" else url)
+    return SCHEMES[kind](url[len("file://"):] if kind == "file" else url, create=create)
 
 
 def is_remote(url: str | os.PathLike) -> bool:

@@ -30,12 +30,13 @@ import traceback
 from pathlib import Path
 
 from avcl.data import schema
+from avcl.data.schema import DATASET_JSON, DatasetInfo
 from avcl.errors import UserError
 from avcl.machine import usable_cores
 from avcl.storage import LocalStore, open_store
 from avtools import __version__
 from avtools.fetch import FetchOptions, Fetcher, redact
-from avtools.ledger import (DATASET_JSON, Ledger, Row, annotation_rows, failure_row, summarize, write_dataset_json,
+from avtools.ledger import (Ledger, LedgerRow, annotation_rows, failure_row, summarize, write_dataset_json,
                             write_ledger_table)
 from avtools.reasons import ClipError
 from avtools.recipes import Clip, RecipeError, RecipeOptions, class_list_stamp, plan
@@ -64,7 +65,7 @@ class BuildOptions:
 
 @dataclasses.dataclass
 class BuildResult:
-    summary: dict
+    summary: DatasetInfo
     processed: int
     ok: int
     failed: int
@@ -150,7 +151,7 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     summary = summarize(clips, rows, _parameters(options), annotations)
     write_ledger_table(store, list(rows.values()))
     write_dataset_json(store, summary)
-    if options.card and summary["complete"] and (counts["ok"] + counts["failed"] or not store.exists("card.png")):
+    if options.card and summary.complete and (counts["ok"] + counts["failed"] or not store.exists("card.png")):
         from avtools.card import write_card
 
         write_card(store, summary)
@@ -178,7 +179,7 @@ def _sigterm_interrupts():
 def _record(clip: Clip, outcome, writer: ShardWriter, ledger: Ledger, counts: dict) -> None:
     sample, error, downloaded, seconds = outcome
     if sample is not None:
-        writer.add(sample, Row(clip.clip_id, clip.split, clip.label, "ok", bytes_downloaded=downloaded, seconds=seconds))
+        writer.add(sample, LedgerRow(clip.clip_id, clip.split, clip.label, "ok", bytes_downloaded=downloaded, seconds=seconds))
         counts["ok"] += 1
     else:
         ledger.add(failure_row(clip, error, downloaded, seconds))
@@ -321,7 +322,7 @@ def _staging_dir(store, out: str) -> Path:
     return Path(tempfile.gettempdir()) / f"avtools-staging-{digest}"
 
 
-def _remove_orphan_shards(store, settled: dict[str, Row], tag: str, splits: set[str]) -> dict[str, int]:
+def _remove_orphan_shards(store, settled: dict[str, LedgerRow], tag: str, splits: set[str]) -> dict[str, int]:
     """Delete this partition's shards that no ledger part commits (a run killed between the two writes);
     return the next free shard number of each split (names parsed against the known splits)."""
     committed = {row.shard: row.split for row in settled.values() if row.shard}
@@ -347,11 +348,16 @@ def _record_settings(store, options: BuildOptions) -> None:
     dataset.json to compare with."""
     now = {key: value for key, value in _parameters(options).items() if key in RECORDED}
     recorded = SETTINGS if store.exists(SETTINGS) else DATASET_JSON if store.exists(DATASET_JSON) else None
-    before = json.loads(store.get_bytes(recorded)) if recorded else {}
+    before = {}
+    if recorded == SETTINGS:
+        before = json.loads(store.get_bytes(SETTINGS))
+    elif recorded == DATASET_JSON:
+        before = {key: value for key, value in dataclasses.asdict(DatasetInfo.from_json(store.get_bytes(recorded))).items()
+                  if key in RECORDED}
     if before:
         changed = [f"{key} {before[key]} -> {now[key]}" for key in ("name", "format")
                    if key in before and before[key] != now[key]]
-        if before.get("class_list", now["class_list"]) != now["class_list"]:
+        if before.get("class_list") and before["class_list"] != now["class_list"]:
             changed.append(f"class list {_class_list_name(before['class_list'])} -> "
                            f"{_class_list_name(now['class_list'])}")
         changed += [f"{key} {before.get('preprocessing', {}).get(key)} -> {value}"

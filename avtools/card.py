@@ -8,23 +8,25 @@ import numpy as np
 
 from avcl.data import schema
 from avcl.data.decode import decode_frames, sample_meta
+from avcl.data.schema import DatasetInfo
 from avcl.data.sources import open_url
+from avcl.plots import pyplot
 from avtools.inspect import iter_samples
 
 SHEET_SAMPLES = 4
 SHEET_FRAMES = 6
 
 
-def write_card(store, summary: dict) -> None:
-    store.put_bytes("card.png", render_card(summary, _some_samples(store, summary)))
+def write_card(store, info: DatasetInfo) -> None:
+    store.put_bytes("card.png", render_card(info, _some_samples(store, info)))
 
 
-def _some_samples(store, summary: dict) -> list[dict]:
+def _some_samples(store, info: DatasetInfo) -> list[dict]:
     """Up to SHEET_SAMPLES samples of distinct classes, from the first shard of each split."""
     samples, labels = [], set()
-    for split in summary["splits"].values():
-        for shard in split["shards"][:1]:
-            with open_url(store.local_path(shard["name"])) as stream:
+    for split in info.splits.values():
+        for shard in split.shards[:1]:
+            with open_url(store.local_path(shard.name)) as stream:
                 for sample in iter_samples(stream):
                     label = schema.decode_json(sample[schema.JSON_EXT])["label"]
                     if label not in labels:
@@ -35,13 +37,10 @@ def _some_samples(store, summary: dict) -> list[dict]:
     return samples
 
 
-def render_card(summary: dict, samples: list[dict]) -> bytes:
-    import matplotlib
+def render_card(info: DatasetInfo, samples: list[dict]) -> bytes:
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    classes = _class_counts(summary)
+    classes = _class_counts(info)
     bar_height = max(3.0, 0.18 * len(classes))
     fig = plt.figure(figsize=(12, bar_height + 2.2 * max(1, len(samples))), dpi=80)
     grid = fig.add_gridspec(1 + max(1, len(samples)), SHEET_FRAMES + 2,
@@ -53,9 +52,9 @@ def render_card(summary: dict, samples: list[dict]) -> bytes:
     bars.invert_yaxis()
     bars.tick_params(axis="y", labelsize=7)
     bars.legend(loc="lower right")
-    counts = summary["counts"]
-    version = summary.get("class_list", {}).get("version")
-    name = f"{summary['name']} (class list {version})" if version else summary["name"]
+    counts = info.counts
+    version = info.class_list.get("version")
+    name = f"{info.name} (class list {version})" if version else info.name
     bars.set_title(f"{name}: {counts['available']}/{counts['total']} clips available")
     for row, sample in enumerate(samples, start=1):
         _draw_sample(fig, grid, row, sample)
@@ -66,13 +65,13 @@ def render_card(summary: dict, samples: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def _class_counts(summary: dict) -> dict[str, tuple[int, int]]:
+def _class_counts(info: DatasetInfo) -> dict[str, tuple[int, int]]:
     totals: dict[str, list[int]] = {}
-    for split in summary["splits"].values():
-        for name, c in split["classes"].items():
+    for split in info.splits.values():
+        for name, count in split.classes.items():
             entry = totals.setdefault(name, [0, 0])
-            entry[0] += c["available"]
-            entry[1] += c["total"]
+            entry[0] += count.available
+            entry[1] += count.total
     return {name: (a, t) for name, (a, t) in sorted(totals.items())}
 
 

@@ -10,13 +10,15 @@ from typing import Callable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand
 
 from avcl import storage
 from avcl.errors import UserError
 from avcl.machine import check_device, check_precision
 from avcl.progress import make_console, say
-from avtools import __version__
+from avtools import __version__, catalog
 
 app = typer.Typer(help="Build audio-visual datasets as WebDataset shards; train and evaluate contrastive models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
@@ -29,6 +31,18 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+class NamesFromRegistries(TyperCommand):
+    """A command whose help may say `{datasets}`, `{methods}`, `{protocols}`, `{backbones}`, `{formats}`: filled
+    from the registries when the help is shown (reading them imports torch, which the CLI does not at start)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.params:
+            for kind in catalog.KINDS:
+                if getattr(param, "help", None) and f"{{{kind}}}" in param.help:
+                    param.help = param.help.replace(f"{{{kind}}}", catalog.listed(kind))
+        super().format_help(ctx, formatter)
+
+
 def command(*args, **kwargs) -> Callable:
     """`app.command` whose UserErrors (bad input, refused storage) print as one line with exit status 2;
     any other exception is a bug and keeps its traceback."""
@@ -39,7 +53,7 @@ def command(*args, **kwargs) -> Callable:
                 return function(*a, **kw)
             except UserError as exc:
                 fail(str(exc))
-        return app.command(*args, **kwargs)(run)
+        return app.command(*args, cls=NamesFromRegistries, **kwargs)(run)
     return register
 
 
@@ -99,9 +113,7 @@ def _partition(value: str) -> tuple[int, int]:
 
 @command("build-dataset")
 def build_dataset(
-    name: str = typer.Argument(..., help="Dataset: kinetics-sounds32, kinetics-sounds31, kinetics-sounds100 (v2; "
-                                         "kinetics-sounds100-v1 for the first list), kinetics-400/600/700, ucf101, "
-                                         "hmdb51, esc50, vggsound, folder."),
+    name: str = typer.Argument(..., help="Dataset: {datasets} (`avtools list datasets` says what each is)."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder, or s3://bucket/prefix (endpoint and "
                                                      "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
                                                      "AWS_SECRET_ACCESS_KEY)."),
@@ -162,17 +174,22 @@ def build_dataset(
     from avtools.build import BuildOptions, build
     from avtools.fetch import FetchOptions
     from avtools.progress import BuildProgress, print_summary
-    from avtools.recipes import RecipeOptions
+    from avtools.recipes import RecipeOptions, definitions
     if frames not in FRAME_FORMATS:
         fail(f"--frames {frames}: use one of {', '.join(FRAME_FORMATS)}")
     name = _ks100_name(name, ks100_version)
+    local = definitions().get(name, {}).get("local", False)  # media from --source, never a mirror to fetch from
+    if name == "demo" and source is None:
+        from avtools.demo_media import demo_media
+
+        source = demo_media((cache or storage.cache_dir()) / "demo-media")
     options = BuildOptions(
         dataset=name, out=out, limit=limit, samples_per_shard=samples_per_shard, partition=_partition(partition),
         card=card, clip_timeout=clip_timeout,
         recipe=RecipeOptions(source=source, annotations=list(annotations or []), kinetics=kinetics,
                              splits=list(split or []) or None, classes=list(classes or []) or None, fold=fold,
                              val_fraction=val_fraction, cache=cache),
-        fetch=FetchOptions(url_template=url_template, source=source if name not in _LOCAL else None, pad=pad,
+        fetch=FetchOptions(url_template=url_template, source=None if local else source, pad=pad,
                            min_height=short_side, cookies=cookies, cookies_from_browser=cookies_from_browser,
                            proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg,
                            socket_timeout=socket_timeout),
@@ -186,9 +203,6 @@ def build_dataset(
     print_summary(console, result)
     if result.interrupted:
         raise typer.Exit(130)
-
-
-_LOCAL = ("ucf101", "hmdb51", "esc50", "folder", "demo")
 
 
 def _ks100_name(name: str, version: int | None) -> str:
@@ -227,8 +241,8 @@ def inspect(
     url: str = typer.Argument(..., help="A dataset folder or prefix (local, http(s)://, s3://), one shard, a brace "
                                         "pattern of shards (train-{000000..000009}.tar) or pipe:COMMAND."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    views: str = typer.Option(None, help="Save a PNG of the views one sample gives this method (avcl, tcgl, "
-                                         "temporal-av, xmodal, simclr): frames and log-mels, as the model sees them."),
+    views: str = typer.Option(None, help="Save a PNG of the views one sample gives this method ({methods}): frames "
+                                         "and log-mels, as the model sees them."),
     png: Path = typer.Option(None, help="Where --views writes its PNG (default: views-METHOD.png)."),
     preset: str = typer.Option(None, help="With --views: a named preset, as `avtools train --preset`."),
     config: Path = typer.Option(None, help="With --views: a TOML file of overrides, as `avtools train --config`."),
@@ -259,7 +273,7 @@ def manifest(
 ):
     """Re-select Kinetics-Sounds100 v2 from its mapping table (manifests/kinetics_sounds/ks100_v2_mapping.csv)
     and rewrite, or with --check compare, the frozen list and its rejected file."""
-    from avtools.manifests import KS100, REJECTED, regenerate_ks100
+    from avtools.ks100 import KS100, REJECTED, regenerate_ks100
 
     if name != "kinetics-sounds100":
         fail(f"{name}: only kinetics-sounds100 is derived by a rule; the other class lists are copied")
@@ -273,7 +287,7 @@ def manifest(
 
 @command()
 def train(
-    method: str = typer.Option(..., help="avcl, tcgl, temporal-av, xmodal or simclr (presets: manifests/presets/)."),
+    method: str = typer.Option(..., help="{methods} (presets: manifests/presets/)."),
     data: list[str] = typer.Option(..., help="A training source: a dataset folder, a shard pattern "
                                              "(s3://b/ks100/train-{000000..000127}.tar), http(s)://, or "
                                              "'pipe:COMMAND ARGS' (one value, spaces and all); repeat --data for "
@@ -339,29 +353,27 @@ def export(
 @command("eval", context_settings={"allow_extra_args": True})
 def eval_(
     ctx: typer.Context,
-    dataset: str = typer.Argument(None, help="ucf101, hmdb51, kinetics-sounds32/31/100, esc50, vggsound, folder "
-                                             "(any dataset, labelled as yours), demo. It must be the dataset "
-                                             "dataset.json names, or folder."),
+    dataset: str = typer.Argument(None, help="{datasets}: the dataset dataset.json names, or folder (any data, "
+                                             "labelled as yours)."),
     data: str = typer.Option(None, help="The dataset folder built by `avtools build-dataset` (local, http(s)://, "
                                         "s3://)."),
-    protocol: str = typer.Option(None, help="linear, linear-svm-tcgl, linear-sgd, finetune, retrieval, knn, esc50, "
-                                            "esc50-crisscross, fingerprint (default: linear; esc50 for esc50; "
-                                            "fingerprint for vggsound)."),
+    protocol: str = typer.Option(None, help="{protocols} (default: the dataset's, linear for most; esc50 for "
+                                            "esc50; fingerprint for vggsound)."),
     checkpoint: str = typer.Option("random", help="A run folder (its last.pt), a checkpoint file, an `avtools export` "
                                                   "folder, a backbone state_dict in torchvision's layout (e.g. "
                                                   "torchvision's r2plus1d_18 weights), a released checkpoint with "
                                                   "--checkpoint-format, or `random`: the method's encoders at random "
                                                   "initialisation (the floor)."),
     backbone: str = typer.Option(None, help="The backbone of a plain state_dict (default: inferred from its keys "
-                                            "and shapes), e.g. r2plus1d_18."),
-    checkpoint_format: str = typer.Option(None, help="The layout of a released checkpoint: gdt, selavi, xdc or "
-                                                     "torchvision; its keys are mapped onto the registered backbones."),
-    method: str = typer.Option("xmodal", help="With --checkpoint random: whose encoders to build."),
+                                            "and shapes): {backbones}."),
+    checkpoint_format: str = typer.Option(None, help="The layout of a released checkpoint: {formats}; its keys are "
+                                                     "mapped onto the registered backbones."),
+    method: str = typer.Option("xmodal", help="With --checkpoint random: whose encoders to build ({methods})."),
     preset: str = typer.Option(None, help="A named preset: `demo` sets short clips, few views and short schedules "
                                           "(and, with --checkpoint random, the demo's tiny encoders); `kinetics` "
                                           "(the default for outside checkpoints) their preprocessing."),
-    splits: str = typer.Option(None, help="Official split(s): 1, 2, 3, a comma list or all (UCF101/HMDB51: "
-                                          "default 1; ESC-50: all 5 folds)."),
+    folds: str = typer.Option(None, help="Official split(s) (folds): 1, 2, 3, a comma list or all (UCF101/HMDB51: "
+                                         "default 1; ESC-50: all 5 folds)."),
     modality: str = typer.Option(None, help="video, audio, fused, a comma list or all (default: the dataset's: "
                                             "video for UCF101/HMDB51, all three for Kinetics-Sounds/VGG-Sound)."),
     set_: list[str] = typer.Option(None, "--set", help="Protocol setting: --set protocol.c_grid=[0.1,1] "
@@ -406,9 +418,10 @@ def eval_(
                           precision=checked(check_precision, precision),
                           cache_dir=cache_dir or storage.cache_dir() / "features",
                           figures_dir=results.local if results else Path("."))
-    request = EvalRequest(dataset, data, protocol, checkpoint, method, splits, modality, list(set_ or []),
-                          checked(check_device, device), options, preset, backbone, checkpoint_format,
-                          shlex.join(["avtools", *sys.argv[1:]]))
+    request = EvalRequest(dataset=dataset, data=data, protocol=protocol, checkpoint=checkpoint, method=method,
+                          folds=folds, modality=modality, overrides=list(set_ or []),
+                          device=checked(check_device, device), options=options, preset=preset, backbone=backbone,
+                          checkpoint_format=checkpoint_format, command=shlex.join(["avtools", *sys.argv[1:]]))
     rows, engine = evaluate(request, log=say)
     if engine.rank != 0:
         return
@@ -425,8 +438,8 @@ def eval_(
 @command()
 def demo(
     out: Path = typer.Option(Path("avtools-demo"), help="Where the demo writes its data, run and results."),
-    method: str = typer.Option("xmodal", help="The method to pre-train (any of avtools train's; xmodal, the "
-                                              "cross-modal baseline, learns fastest on the demo data)."),
+    method: str = typer.Option("xmodal", help="The method to pre-train ({methods}; xmodal, the cross-modal "
+                                              "baseline, learns fastest on the demo data)."),
     quick: bool = typer.Option(False, help="The test suite's shorter version: 150 steps (the same data)."),
     steps: int = typer.Option(None, help="Training steps (default 300; 150 with --quick)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
@@ -440,6 +453,25 @@ def demo(
     if positive(steps, "--steps"):
         options.steps = steps
     run_demo(options, console)
+
+
+@command("list")
+def list_names(
+    what: str = typer.Argument(None, help="datasets, methods, protocols, backbones, formats or recipes (default: "
+                                          "all of them)."),
+):
+    """What can be named: the registered datasets, methods, evaluation protocols, backbones, checkpoint formats
+    and dataset recipes, with one line about each. Code outside avtools registers its own through the modules or
+    packages named in AVTOOLS_PLUGINS."""
+    kinds = catalog.KINDS if what is None else (what,)
+    if what is not None and what not in catalog.KINDS:
+        fail(f"avtools list {what}: choose one of {', '.join(catalog.KINDS)}")
+    out = make_console()
+    for kind in kinds:
+        table = Table(title=kind, show_header=False, title_justify="left")
+        for name, about in catalog.table(kind).items():
+            table.add_row(name, about)
+        out.print(table)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """`avtools demo`: the whole system on a laptop, offline: synthetic audio-visual clips -> `build-dataset folder`
 -> shards -> `train --preset demo` -> `eval --protocol linear` and `knn`, pre-trained against random init.
 
-The clips (avtools.recipes.demo) pair a square's motion pattern with a sound of a class timbre at each turning
+The clips (avtools.demo_media) pair a square's motion pattern with a sound of a class timbre at each turning
 point of the motion, among nuisance (sizes, colours, speeds, positions, backgrounds). Everything lands in OUT:
 data/ (shards, ledger, card.png with samples and spectrograms), run/ (checkpoints, curves.png),
 results-{pretrained,random}.json and demo.json (the printed table).
@@ -18,7 +18,7 @@ from rich.table import Table
 from avcl.storage import cache_dir
 from avtools.build import BuildOptions, build
 from avtools.recipes import RecipeOptions
-from avtools.recipes.demo import demo_media
+from avtools.demo_media import demo_media
 from avtools.transcode import TranscodeSettings
 
 
@@ -80,7 +80,8 @@ def evaluate_both(options: DemoOptions, data: Path, run: Path, console: Console)
     for protocol in options.protocols:
         entry = {"protocol": protocol}
         for name, checkpoint in (("pretrained", str(run)), ("random", "random")):
-            request = EvalRequest("folder", str(data), protocol, checkpoint, options.method, modality=options.modality,
+            request = EvalRequest(dataset="folder", data=str(data), protocol=protocol, checkpoint=checkpoint,
+                                  method=options.method, modality=options.modality,
                                   device=options.device, preset="demo",
                                   options=EvalOptions(data=str(data), workers=options.workers,
                                                       cache_dir=cache_dir() / "features", figures_dir=options.out))

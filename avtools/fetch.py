@@ -27,12 +27,11 @@ from pathlib import Path
 from avcl.storage import retry
 from avtools.ffmpeg import ffmpeg_dir, ranged_http_input_args
 from avtools.reasons import ClipError
-from avtools.recipes import Clip
+from avtools.recipes import MEDIA_SUFFIXES, Clip
 
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={youtube_id}"
 PUBLIC_QUERY = ("v",)  # query parameters whose values are kept when a URL is stored: YouTube's video id
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wav", ".flac", ".mp3", ".ogg", ".m4a")
 
 
 @dataclasses.dataclass

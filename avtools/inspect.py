@@ -21,37 +21,26 @@ def reading(url: str):
         raise SourceError(f"{url}: cannot read it as a WebDataset shard ({exc})") from None
 
 
-def iter_samples(stream: IO[bytes]) -> Iterator[dict]:
-    """Samples of a shard as {"__key__": key, ext: bytes}, grouped like WebDataset groups them."""
-    current: dict | None = None
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = schema.split_member(member.name)
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            current[ext] = tar.extractfile(member).read()
-    if current is not None:
-        yield current
+def iter_samples(stream: IO[bytes], url: str = "") -> Iterator[dict]:
+    """Samples of a shard as {"__key__": key, ext: bytes}, read and grouped by WebDataset's own code."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    for sample in group_by_keys(tar_file_expander([{"stream": stream, "url": url}])):
+        yield {key: value for key, value in sample.items() if key == "__key__" or not key.startswith("__")}
 
 
 def describe(url: str) -> dict:
     """A dataset's counts and classes plus one sample's metadata, or a shard's counts and first sample."""
     info = dataset_info(url)
     if info is not None:
-        first = next((s["shards"][0]["name"] for s in info["splits"].values() if s["shards"]), None)
+        first = next((s.shards[0].name for s in info.splits.values() if s.shards), None)
         sample = first_sample(url.rstrip("/") + "/" + first) if first else None
-        return {"kind": "dataset", "url": url, "name": info["name"], "complete": info["complete"],
-                "counts": info["counts"], "failures": info["failures"],
-                "splits": {name: {"available": s["available"], "total": s["total"], "shards": len(s["shards"])}
-                           for name, s in info["splits"].items()},
-                "classes": sorted({c for s in info["splits"].values() for c in s["classes"]}),
-                "class_list": info.get("class_list", {}),
-                **({"folds": info["folds"]} if info.get("folds") else {}),
+        return {"kind": "dataset", "url": url, "name": info.name, "complete": info.complete,
+                "counts": info.counts, "failures": info.failures,
+                "splits": {name: {"available": s.available, "total": s.total, "shards": len(s.shards)}
+                           for name, s in info.splits.items()},
+                "classes": info.classes(), "class_list": info.class_list,
+                **({"folds": info.folds} if info.folds else {}),
                 "sample": sample}
     if "{" in url:
         return describe_shards(url)
@@ -87,7 +76,7 @@ def first_raw_sample(url: str) -> dict:
     from avcl.data.sources import resolve
 
     info = dataset_info(url)
-    split = next((name for name, s in info["splits"].items() if s["shards"]), "train") if info else "train"
+    split = next((name for name, s in info.splits.items() if s.shards), "train") if info else "train"
     for shard in resolve(url, split).urls:
         sample = first_in_shard(shard)
         if sample is not None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avcl.data.sources import DATASET_JSON
+from avcl.data.schema import DATASET_JSON, ClassCount, DatasetInfo, ShardInfo, SplitInfo
 from avtools.reasons import REASONS
 
 FLUSH_EVERY = 200
@@ -23,7 +22,7 @@ STATUSES = ("ok", "failed", "skipped")
 
 
 @dataclasses.dataclass
-class Row:
+class LedgerRow:
     clip_id: str
     split: str
     label: str | None
@@ -45,24 +44,24 @@ SCHEMA = pa.schema([
 ])
 
 
-def rows_to_parquet(rows: list[Row]) -> bytes:
+def rows_to_parquet(rows: list[LedgerRow]) -> bytes:
     table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
-def rows_from_parquet(data: bytes) -> list[Row]:
-    return [Row(**d) for d in pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()]
+def rows_from_parquet(data: bytes) -> list[LedgerRow]:
+    return [LedgerRow(**d) for d in pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()]
 
 
-def annotation_rows(rejected: list[tuple[str, str]]) -> list[Row]:
+def annotation_rows(rejected: list[tuple[str, str]]) -> list[LedgerRow]:
     """Rejected annotation rows (file:line, why) as skipped ledger rows, one per row, their id the file:line."""
-    return [Row(where, "", None, "skipped", "bad_annotation", why) for where, why in rejected]
+    return [LedgerRow(where, "", None, "skipped", "bad_annotation", why) for where, why in rejected]
 
 
-def failure_row(clip, error, bytes_downloaded: int = 0, seconds: float = 0.0) -> Row:
-    return Row(clip.clip_id, clip.split, clip.label, "failed", error.reason, error.message, "",
+def failure_row(clip, error, bytes_downloaded: int = 0, seconds: float = 0.0) -> LedgerRow:
+    return LedgerRow(clip.clip_id, clip.split, clip.label, "failed", error.reason, error.message, "",
                bytes_downloaded, seconds, REASONS[error.reason].retryable)
 
 
@@ -71,13 +70,13 @@ class Ledger:
 
     def __init__(self, store, tag: str):
         self.store, self.tag = store, tag
-        self.pending: list[Row] = []
+        self.pending: list[LedgerRow] = []
         self.flushes = 0
         self.run = time.strftime("%Y%m%d-%H%M%S")
 
-    def load(self) -> dict[str, Row]:
+    def load(self) -> dict[str, LedgerRow]:
         """The settled row of every clip: ok beats failed; otherwise the newest row wins."""
-        latest: dict[str, Row] = {}
+        latest: dict[str, LedgerRow] = {}
         for name in self.store.list("ledger/"):
             if name.endswith(".parquet"):
                 for row in rows_from_parquet(self.store.get_bytes(name)):
@@ -86,18 +85,18 @@ class Ledger:
                         latest[row.clip_id] = row
         return latest
 
-    def add(self, row: Row) -> None:
+    def add(self, row: LedgerRow) -> None:
         self.pending.append(row)
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
-    def commit_shard(self, shard: str, ok_rows: list[Row]) -> None:
+    def commit_shard(self, shard: str, ok_rows: list[LedgerRow]) -> None:
         """Record a written shard's samples (and pending failures) in one part: the shard is now finished."""
         stem = shard.rsplit(".", 1)[0]
         self.store.put_bytes(f"ledger/{stem}.parquet", rows_to_parquet(ok_rows + self.pending))
         self.pending = []
 
-    def write_annotations(self, rows: list[Row]) -> None:
+    def write_annotations(self, rows: list[LedgerRow]) -> None:
         """The annotation rows this run rejected, in a part of their own (rewritten by every run)."""
         name = f"ledger/annotations-{self.tag}rejected.parquet"
         if rows:
@@ -113,47 +112,44 @@ class Ledger:
             self.pending = []
 
 
-def write_ledger_table(store, rows: list[Row]) -> None:
+def write_ledger_table(store, rows: list[LedgerRow]) -> None:
     store.put_if_changed("ledger.parquet", rows_to_parquet(sorted(rows, key=lambda r: r.clip_id)))
 
 
-def summarize(plan, rows: dict[str, Row], params: dict, annotations: dict) -> dict:
+def summarize(plan, rows: dict[str, LedgerRow], params: dict, annotations: dict) -> DatasetInfo:
     """dataset.json: parameters, tool versions, available/total per split and class, shards with counts, and
     what became of the annotation rows (rejected, of other classes, repeated)."""
-    splits: dict[str, dict] = {}
+    splits: dict[str, SplitInfo] = {}
+    shard_samples: dict[str, dict[str, int]] = {}
     for clip in plan:
-        entry = splits.setdefault(clip.split, {"available": 0, "total": 0, "failed": 0, "classes": {}, "shards": {}})
-        per_class = entry["classes"].setdefault(clip.label or "", {"available": 0, "total": 0})
-        entry["total"] += 1
-        per_class["total"] += 1
+        split = splits.setdefault(clip.split, SplitInfo())
+        per_class = split.classes.setdefault(clip.label or "", ClassCount())
+        split.total += 1
+        per_class.total += 1
         row = rows.get(clip.clip_id)
         if row is not None and row.status == "ok":
-            entry["available"] += 1
-            per_class["available"] += 1
-            entry["shards"][row.shard] = entry["shards"].get(row.shard, 0) + 1
+            split.available += 1
+            per_class.available += 1
+            counts = shard_samples.setdefault(clip.split, {})
+            counts[row.shard] = counts.get(row.shard, 0) + 1
         elif row is not None:
-            entry["failed"] += 1
-    for entry in splits.values():
-        entry["shards"] = [{"name": name, "samples": n} for name, n in sorted(entry["shards"].items())]
+            split.failed += 1
+    for name, split in splits.items():
+        split.shards = [ShardInfo(shard, n) for shard, n in sorted(shard_samples.get(name, {}).items())]
     reasons: dict[str, int] = {}
     for row in rows.values():
         if row.status == "failed":
             reasons[row.reason] = reasons.get(row.reason, 0) + 1
     settled = sum(1 for c in plan if c.clip_id in rows and not rows[c.clip_id].retryable)
-    folds = fold_coverage(plan, rows)
-    return {
-        **params,
-        "complete": settled == len(plan),
-        "counts": {"total": len(plan), "available": sum(e["available"] for e in splits.values()),
-                   "settled": settled, "duplicates_in_annotations": annotations["duplicate_rows"]},
-        "annotations": annotations,
-        "failures": dict(sorted(reasons.items())),
-        "splits": dict(sorted(splits.items())),
-        **({"folds": folds} if folds else {}),
-    }
+    return DatasetInfo(
+        **params, complete=settled == len(plan),
+        counts={"total": len(plan), "available": sum(s.available for s in splits.values()), "settled": settled,
+                "duplicates_in_annotations": annotations["duplicate_rows"]},
+        annotations=annotations, failures=dict(sorted(reasons.items())), splits=dict(sorted(splits.items())),
+        folds=fold_coverage(plan, rows))
 
 
-def fold_coverage(plan, rows: dict[str, Row]) -> dict[str, dict[str, dict[str, int]]]:
+def fold_coverage(plan, rows: dict[str, LedgerRow]) -> dict[str, dict[str, dict[str, int]]]:
     """Per official split (UCF101/HMDB51 `folds`) and role: the videos its lists name (expected) and how many
     are in the shards (available). Evaluation reads its epoch sizes and coverage from these."""
     folds: dict[str, dict[str, dict[str, int]]] = {}
@@ -166,5 +162,5 @@ def fold_coverage(plan, rows: dict[str, Row]) -> dict[str, dict[str, dict[str, i
     return {fold: dict(sorted(roles.items())) for fold, roles in sorted(folds.items())}
 
 
-def write_dataset_json(store, summary: dict) -> None:
-    store.put_if_changed(DATASET_JSON, json.dumps(summary, indent=1, sort_keys=False).encode())
+def write_dataset_json(store, info: DatasetInfo) -> None:
+    store.put_if_changed(DATASET_JSON, info.to_json())

@@ -35,18 +35,18 @@ class BuildProgress:
 
 
 def print_summary(console: Console, result) -> None:
-    s = result.summary
-    table = Table(title=f"{s['name']}: {'complete' if s['complete'] else 'incomplete'}")
+    info = result.summary
+    table = Table(title=f"{info.name}: {'complete' if info.complete else 'incomplete'}")
     for column in ("split", "available", "failed", "total", "shards"):
         table.add_column(column, justify="right" if column != "split" else "left")
-    for name, split in s["splits"].items():
-        table.add_row(name, str(split["available"]), str(split["failed"]), str(split["total"]), str(len(split["shards"])))
+    for name, split in info.splits.items():
+        table.add_row(name, str(split.available), str(split.failed), str(split.total), str(len(split.shards)))
     console.print(table)
-    if s.get("folds"):
-        print_coverage(console, s["folds"])
-    if s["failures"]:
-        console.print("failures: " + ", ".join(f"{reason} {n}" for reason, n in s["failures"].items()))
-    print_annotations(console, s.get("annotations", {}))
+    if info.folds:
+        print_coverage(console, info.folds)
+    if info.failures:
+        console.print("failures: " + ", ".join(f"{reason} {n}" for reason, n in info.failures.items()))
+    print_annotations(console, info.annotations)
     rate = result.processed / result.seconds if result.seconds else 0.0
     console.print(f"this run: {result.ok} ok, {result.failed} failed in {result.seconds:.1f}s ({rate:.2f} clips/s)"
                   + (" [yellow](interrupted: rerun the same command to continue)[/yellow]" if result.interrupted else ""))

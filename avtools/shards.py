@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from avcl.storage import local_errors
-from avtools.ledger import Ledger, Row
+from avtools.ledger import Ledger, LedgerRow
 
 
 class ShardWriter:
@@ -31,7 +31,7 @@ class ShardWriter:
             with local_errors(self.staging):
                 self.staging.mkdir(parents=True)
 
-    def add(self, sample, row: Row) -> None:
+    def add(self, sample, row: LedgerRow) -> None:
         shard = self.open.get(sample.split)
         if shard is None:
             seq = self.next_seq.get(sample.split, 0)
@@ -64,9 +64,9 @@ class _OpenShard:
     def __init__(self, name: str, tmp: Path):
         self.name, self.tmp = name, tmp
         self.tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)
-        self.rows: list[Row] = []
+        self.rows: list[LedgerRow] = []
 
-    def write(self, sample, row: Row) -> None:
+    def write(self, sample, row: LedgerRow) -> None:
         for member, data in sample.members:
             info = tarfile.TarInfo(member)
             info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: identical builds, identical tars

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcl.plots import pyplot
 from avtools.inspect import first_raw_sample
 
 FRAMES_SHOWN = 6
@@ -19,10 +20,7 @@ FRAMES_SHOWN = 6
 
 def save_views_png(url: str, method: str, out: Path, seed: int = 0, preset: str | None = None,
                    config_file: Path | None = None, overrides: list[str] = ()) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import torch
 
     import avcl.methods as methods

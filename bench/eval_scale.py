@@ -56,7 +56,7 @@ def run_neighbours(kind: str, bank: int, queries: int) -> dict:
     import torch
 
     from avcl.eval import classify
-    from avcl.eval.knn import top_neighbours, votes
+    from avcl.neighbours import top_neighbours, votes
 
     torch.set_num_threads(2)
     x, y, q, qy = features(bank, queries)
@@ -108,7 +108,7 @@ def run_eval(data: str, clips: int, max_clips: int) -> dict:
 
     torch.set_num_threads(2)
     options = EvalOptions(data=data, batch_size=16, workers=0, cache_dir=Path(tempfile.mkdtemp()), max_clips=max_clips)
-    request = EvalRequest("ucf101", data, "linear", "random", "xmodal", modality="video", options=options,
+    request = EvalRequest(dataset="ucf101", data=data, protocol="linear", modality="video", options=options,
                           overrides=[f"protocol.clips={clips}", "method.width=64"])
     started = time.time()
     rows, _ = evaluate(request, log=lambda *_: None)

@@ -158,14 +158,16 @@ def test_a_folder_with_nothing_but_dataset_json_is_refused(demo_dataset, tmp_pat
 
 
 def test_single_class_data_is_refused(tmp_path):
+    from avcl.data.schema import DatasetInfo
     from avcl.eval.datasets import DATASETS, EvalDataError
     from avcl.eval.engine import Engine
-    from avcl.eval.features import Features
+    from avcl.extract import Features
 
     engine = Engine.__new__(Engine)
     engine.dataset, engine.splits, engine.read, engine.url = DATASETS.get("folder"), ["train", "val"], {}, "data"
-    engine.info = {"splits": {"train": {"classes": {"a": {}}, "total": 2, "available": 2},
-                              "val": {"classes": {"a": {}}, "total": 1, "available": 1}}}
+    engine.info = DatasetInfo.from_json(json.dumps(
+        {"name": "folder", "splits": {"train": {"classes": {"a": {}}, "total": 2, "available": 2, "shards": []},
+                                     "val": {"classes": {"a": {}}, "total": 1, "available": 1, "shards": []}}}))
     features = Features(np.array(["a", "b", "c"]), np.zeros(3, np.int64), np.full((3, 3), -1), np.zeros((3, 2)),
                         splits=np.array(["train", "train", "val"]))
     with pytest.raises(EvalDataError, match="same class"):
@@ -219,7 +221,7 @@ def test_knn_reports_top5_from_the_same_votes(demo_dataset, tmp_path):
 
 
 def test_stable_top_k_equals_a_stable_sort_with_ties():
-    from avcl.eval.knn import stable_top_k
+    from avcl.neighbours import stable_top_k
 
     sims = torch.randint(0, 4, (50, 300)).float() / 4  # many exact ties
     for k in (1, 7, 64, 300):
@@ -277,7 +279,7 @@ def test_compare_a_three_file_glob_and_settings_warnings(results_folder):
     names = [c.name for c in report.columns([Path(f) for f in files])]
     assert names == ["xmodal run step 2", "results-random-knn-tau.json", "results-random-knn.json"]
     assert all(name in result.output for name in names)
-    assert "demo 1 knn (gap) video: protocol settings differ between columns: recipe.tau" in result.output
+    assert "demo 1 knn (gap) video: protocol settings differ between columns: params.tau" in result.output
 
 
 def test_compare_names_a_file_that_is_not_results(results_folder, tmp_path):
@@ -296,7 +298,7 @@ def test_results_rows_carry_provenance_and_typed_requests(results_folder):
     root, _ = results_folder
     document = results(root / "results-random-knn.json")
     request = document["request"]
-    assert request["splits"] is None and "protocol.layer=gap" in request["overrides"]
+    assert request["folds"] is None and "protocol.layer=gap" in request["overrides"]
     assert request["options"]["batch_size"] == 8
     stamp = document["rows"][0]["provenance"]
     assert stamp["avtools"] and stamp["time"].endswith("+00:00") and stamp["command"].startswith("avtools")
@@ -406,11 +408,11 @@ def test_shard_stamps_over_s3_and_http_change_with_the_content(timecoded_dataset
     """The cache key's view of the data on the wire: S3 ETags and HTTP lengths/validators; None when missing."""
     import boto3
 
-    from avcl.data.sources import shard_names, shard_stamps
+    from avcl.data.schema import DatasetInfo
+    from avcl.data.sources import shard_stamps
     from tests.support.httpserver import MediaServer
 
-    info = json.loads((timecoded_dataset / "dataset.json").read_text())
-    names = shard_names(info)
+    names = DatasetInfo.from_json((timecoded_dataset / "dataset.json").read_bytes()).shard_names()
     client = boto3.client("s3")
     for name in names:
         client.upload_file(str(timecoded_dataset / name), s3_bucket, f"tc/{name}")

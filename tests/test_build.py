@@ -82,6 +82,7 @@ def misbehaving(served):
     served.rate_limited.pop("limited.mp4", None)
 
 
+@pytest.mark.slow
 def test_kinetics_sounds32_build(tmp_path, misbehaving):
     out = tmp_path / "ks32"
     result = runner.invoke(app, build_args(misbehaving, write_csv(tmp_path / "ann.csv"), str(out)))

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from avcl.data.schema import DatasetInfo
 from avcl.eval.datasets import DATASETS
 from avcl.eval.engine import EvalDataError, check_dataset_name
 from avtools.cli import app
@@ -123,6 +124,7 @@ def test_a_split_with_a_dash_keeps_its_finished_shards(server, tmp_path):
     assert json.loads((out / "dataset.json").read_text())["complete"]
 
 
+@pytest.mark.slow
 def test_a_stalled_server_is_a_network_failure_within_the_time_limits(server, tmp_path):
     csv = csv_file(tmp_path / "k.csv", ["bowling,tc_a,1,3,train", "bowling,stall,1,3,train", "singing,tc_b,1,3,val"])
     started = time.time()
@@ -171,6 +173,7 @@ def start_stalled_build(server, tmp_path: Path) -> tuple[subprocess.Popen, list[
     return proc, descendants(proc.pid), out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_build_ends_promptly_and_leaves_no_process(sig, server, tmp_path):
     server.requests.clear()
@@ -328,7 +331,7 @@ def test_class_list_versions_are_recorded_and_never_mixed_in_one_output(server, 
     assert "--ks100-version 3: the versions are 1 and 2" in build(*v2, "--ks100-version", "3", code=2)
     assert "is for kinetics-sounds100, not kinetics-sounds32" in build(*args(server, csv, str(out)), "--ks100-version", "1", code=2)
     with pytest.raises(EvalDataError, match="built with class list v1, not v2"):
-        check_dataset_name(DATASETS.get("kinetics-sounds100"), {"name": "kinetics-sounds100", "class_list": {"version": "v1"}}, "d")
+        check_dataset_name(DATASETS.get("kinetics-sounds100"), DatasetInfo("kinetics-sounds100", {"version": "v1"}), "d")
     with pytest.raises(EvalDataError, match="built with class list unrecorded"):
-        check_dataset_name(DATASETS.get("kinetics-sounds100"), {"name": "kinetics-sounds100"}, "d")
-    check_dataset_name(DATASETS.get("kinetics-sounds100-v1"), {"name": "kinetics-sounds100-v1", "class_list": {"version": "v1"}}, "d")
+        check_dataset_name(DATASETS.get("kinetics-sounds100"), DatasetInfo("kinetics-sounds100"), "d")
+    check_dataset_name(DATASETS.get("kinetics-sounds100-v1"), DatasetInfo("kinetics-sounds100-v1", {"version": "v1"}), "d")

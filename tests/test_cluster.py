@@ -21,6 +21,8 @@ import torch
 
 from avcl.train import checkpoint
 
+pytestmark = pytest.mark.slow  # every test runs the CLI as subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--method", "xmodal", "--device", "cpu", "--batch-size", "4", "--set", "method.width=4",
               "--set", "data.workers=0", "--set", "data.canvas=32", "--set", "video.size=32", "--set", "data.frames=8",

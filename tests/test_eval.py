@@ -21,7 +21,7 @@ from avcl.eval import classify, report
 from avcl.eval.datasets import DATASETS
 from avcl.eval.encoders import conv5_max
 from avcl.eval.fingerprint import ranks_of_originals
-from avcl.eval.knn import knn_predict
+from avcl.neighbours import knn_predict
 from avcl.eval.retrieval import hit_rates
 from avtools.cli import app
 from avtools.recipes import RecipeOptions, plan
@@ -73,7 +73,7 @@ def assert_in_range(rows: list[dict]) -> None:
     for row in rows:
         for name, value in row["metrics"].items():
             assert 0.0 <= value <= 100.0, (name, value)
-        assert row["encoder"]["method"] and row["settings"]["recipe"]
+        assert row["encoder"]["method"] and row["settings"]["params"]
 
 
 @pytest.mark.parametrize("protocol, extra", [
@@ -197,7 +197,7 @@ def test_hmdb51_official_split_counts(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_ucf(tmp_path_factory):
     """UCF101's layout and split-list format (CRLF) over 3 classes x 4 synthetic videos; fold k tests video k-1."""
-    from avtools.recipes.demo import demo_media
+    from avtools.demo_media import demo_media
 
     root = tmp_path_factory.mktemp("tinyucf")
     media = demo_media(root / "media")
@@ -225,7 +225,7 @@ def test_ucf101_splits_all_reads_every_fold_from_one_dataset(tiny_ucf, tmp_path)
     info = json.loads((tiny_ucf / "dataset.json").read_text())
     counts = lambda n: {"expected": n, "available": n}  # noqa: E731
     assert info["folds"] == {f: {"train": counts(9), "test": counts(3)} for f in ("1", "2", "3")}
-    invoke("eval", "ucf101", "--data", str(tiny_ucf), "--protocol", "knn", "--splits", "all", *TINY,
+    invoke("eval", "ucf101", "--data", str(tiny_ucf), "--protocol", "knn", "--folds", "all", *TINY,
            "--set", "protocol.layer=gap", "--out", str(tmp_path / "r.json"))
     rows = results(tmp_path / "r.json")["rows"]
     assert [r["split"] for r in rows] == ["1", "2", "3", "mean"]
@@ -238,14 +238,14 @@ def test_finetune_on_a_fold_the_shards_were_not_built_for(tiny_ucf, tmp_path):
     schedule = ["--set", "protocol.epochs=1", "--set", "protocol.milestones=[1]", "--set", "protocol.frames=8",
                 "--set", "protocol.size=64", "--set", "protocol.views=2x1", "--set", "protocol.clips_per_video=1",
                 "--set", "protocol.batch_size=3", "--set", "method.width=4", "--workers", "0"]
-    invoke("eval", "ucf101", "--data", str(tiny_ucf), "--protocol", "finetune", "--splits", "2", *schedule,
+    invoke("eval", "ucf101", "--data", str(tiny_ucf), "--protocol", "finetune", "--folds", "2", *schedule,
            "--out", str(tmp_path / "r.json"))
     (row,) = results(tmp_path / "r.json")["rows"]
     assert row["split"] == "2" and row["extra"]["coverage"]["test"] == {"expected": 3, "available": 3, "read": 3}
 
 
 def test_bad_requests_name_the_problem(demo_dataset, tmp_path):
-    result = CliRunner().invoke(app, ["eval", "ucf101", "--data", str(demo_dataset), "--splits", "4"])
+    result = CliRunner().invoke(app, ["eval", "ucf101", "--data", str(demo_dataset), "--folds", "4"])
     assert result.exit_code == 2 and "1, 2, 3" in result.output
     result = CliRunner().invoke(app, ["eval", "demo", "--data", str(tmp_path), "--protocol", "linear"])
     assert result.exit_code == 2 and "dataset.json" in result.output
@@ -359,6 +359,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_extract_every_sample_once_and_match_one_process(demo_dataset, tmp_path):
     args = ["eval", "demo", "--data", str(demo_dataset), "--protocol", "knn", "--modality", "video", *TINY,
             "--set", "protocol.layer=gap", "--device", "cpu"]

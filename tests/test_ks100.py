@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avtools.cli import app
-from avtools.manifests import (KS100, MAPPING, REJECTED, ManifestError, Mapping, read_mapping, regenerate_ks100,
+from avtools.ks100 import (KS100, MAPPING, REJECTED, ManifestError, Mapping, read_mapping, regenerate_ks100,
                                select_ks100)
 from avtools.recipes import RecipeOptions, class_list, class_list_stamp, manifest_rows, manifest_text, plan
 from tests.conftest import SHARED

@@ -113,6 +113,7 @@ def _rank(rank: int, port: int, q, k, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process():
     """Mean of the ranks' losses = the global-batch loss; each rank's input gradient (× ½, DDP's averaging) = the
     single process's gradient for those rows: negatives and batch statistics really span the global batch."""

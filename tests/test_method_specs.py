@@ -192,6 +192,7 @@ def test_resume_with_another_config_is_refused_naming_the_difference(timecoded_d
     assert CliRunner().invoke(app, args + ["--max-steps", "3", "--resume", "--set", "optim.lr=0.5"]).exit_code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(methods.names()))
 def test_every_preset_trains_finite_on_the_cpu(name, timecoded_dataset, tmp_path):
     """Each method's own preset, at batch 2 and 8. Only the width is cut (4 instead of 64: a full-width step takes

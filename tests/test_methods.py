@@ -202,6 +202,7 @@ def time_coded_batch(n: int, learnable: bool, g: torch.Generator) -> dict:
     return {"video": video, "audio": audio, "audio_shifted": shifted, "start": start, **labels}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learnable", [True, False])
 def test_temporal_heads_learn_only_learnable_labels(learnable):
     torch.manual_seed(0)
@@ -229,6 +230,7 @@ def test_temporal_heads_learn_only_learnable_labels(learnable):
             assert abs(acc - chance[task]) < 0.1, (key, accuracies)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TERMS))
 def test_one_graph_for_torch_compile(name):
     """No data-dependent Python control flow in the hot path: dynamo traces each method as one graph."""

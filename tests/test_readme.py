@@ -23,7 +23,7 @@ def tour_commands() -> list[str]:
 def tiny_videos(home: Path) -> None:
     """~/videos/{train,val}/<class>/*.mp4 from the demo media (real H.264 + AAC files)."""
     from avtools.ffmpeg import cache_dir
-    from avtools.recipes.demo import demo_media
+    from avtools.demo_media import demo_media
 
     media = demo_media(cache_dir() / "demo-media", 8)
     for name in ("horizontal-tone", "vertical-noise"):

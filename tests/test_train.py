@@ -69,6 +69,7 @@ def test_export_writes_torchvision_layout_encoders(timecoded_dataset, tmp_path):
     assert json.loads((run / "export" / "export.json").read_text())["step"] == 1
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_continues_at_the_next_step(timecoded_dataset, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--method", "xmodal", "--data", timecoded_dataset, "--out", run, "--max-steps", 200,
@@ -109,6 +110,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_the_cli_under_torchrun(timecoded_dataset, tmp_path):
     """`torchrun --nproc-per-node 2 -m avtools train ...` on CPU: gloo, one metrics file, equal steps."""
     run = tmp_path / "run"
@@ -122,6 +124,7 @@ def test_the_cli_under_torchrun(timecoded_dataset, tmp_path):
     assert checkpoint.load(run / "last.pt")["state"]["step"] == 3
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path):
     script = ROOT / "tests" / "support" / "ddp_equivalence.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -16,6 +16,7 @@ Nothing else in the code base spells out a member name: use the helpers here.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -108,3 +109,78 @@ def read_wav(data: bytes):
 
     with wave.open(io.BytesIO(data)) as recording:
         return np.frombuffer(recording.readframes(recording.getnframes()), "<i2"), recording.getframerate()
+
+
+# ---- dataset.json: what a built dataset holds ---------------------------------------------------------------
+
+DATASET_JSON = "dataset.json"
+
+
+@dataclasses.dataclass
+class ShardInfo:
+    name: str
+    samples: int
+
+
+@dataclasses.dataclass
+class ClassCount:
+    available: int = 0
+    total: int = 0
+
+
+@dataclasses.dataclass
+class SplitInfo:
+    available: int = 0  # clips in the shards
+    total: int = 0  # clips the annotations name
+    failed: int = 0
+    classes: dict[str, ClassCount] = dataclasses.field(default_factory=dict)
+    shards: list[ShardInfo] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """dataset.json, written by the builder (avtools.ledger.summarize) and read by everything else: per split its
+    shards with sample counts and per-class counts; per official fold and role the expected and available
+    videos; the build's parameters, tool versions and class list; what became of the annotation rows."""
+    name: str
+    class_list: dict = dataclasses.field(default_factory=dict)  # file, version, classes, sha256
+    format: str = FORMAT
+    preprocessing: dict = dataclasses.field(default_factory=dict)
+    samples_per_shard: int = 0
+    partitions: int = 1
+    tools: dict = dataclasses.field(default_factory=dict)
+    complete: bool = False
+    counts: dict = dataclasses.field(default_factory=dict)  # total, available, settled, duplicates_in_annotations
+    annotations: dict = dataclasses.field(default_factory=dict)
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    splits: dict[str, SplitInfo] = dataclasses.field(default_factory=dict)
+    folds: dict[str, dict[str, dict[str, int]]] = dataclasses.field(default_factory=dict)  # fold -> role -> counts
+
+    def classes(self) -> list[str]:
+        return sorted({name for split in self.splits.values() for name in split.classes})
+
+    def shard_names(self) -> list[str]:
+        return [shard.name for split in self.splits.values() for shard in split.shards]
+
+    def shard_samples(self) -> dict[str, int]:
+        return {shard.name: shard.samples for split in self.splits.values() for shard in split.shards}
+
+    def to_json(self) -> bytes:
+        document = dataclasses.asdict(self)
+        if not self.folds:
+            del document["folds"]
+        return json.dumps(document, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> DatasetInfo:
+        """The document parsed and checked; a MetadataError naming the first field that is missing or wrong."""
+        document = decode_json(data)
+        try:
+            splits = {name: SplitInfo(split.get("available", 0), split.get("total", 0), split.get("failed", 0),
+                                      {c: ClassCount(**counts) for c, counts in split.get("classes", {}).items()},
+                                      [ShardInfo(shard["name"], int(shard["samples"])) for shard in split["shards"]])
+                      for name, split in document.get("splits", {}).items()}
+            known = {f.name for f in dataclasses.fields(cls)} - {"splits"}
+            return cls(splits=splits, **{k: v for k, v in document.items() if k in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MetadataError(f"not an avtools dataset.json ({type(exc).__name__}: {exc})") from None

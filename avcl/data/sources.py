@@ -1,6 +1,6 @@
 """Where shards come from: local paths and dataset folders, brace patterns, http(s)://, s3://, pipe:. Torch-free.
 
-A source spec is one string: a dataset folder or prefix (its shards and sample counts come from dataset.json),
+A source is one string: a dataset folder or prefix (its shards and sample counts come from dataset.json),
 a shard URL or brace pattern (`ks-train-{000000..000099}.tar`), or a `pipe:COMMAND` writing a tar to stdout.
 A trailing `@WEIGHT` mixes several sources in training (`--data data/ks100@0.7 --data s3://b/vgg@0.3`).
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import queue
 import subprocess
 import threading
@@ -22,17 +21,17 @@ from typing import IO
 import braceexpand
 
 from avcl.data import schema
+from avcl.data.schema import DATASET_JSON, DatasetInfo
 from avcl.errors import UserError
-from avcl.storage import retry, s3_client, s3_errors, split_s3
+from avcl.storage import is_remote, location_folder, location_name, open_store, retry
 
-DATASET_JSON = "dataset.json"
 RETRIES = 4
 READ_BUFFER = 1 << 20  # tar parsing asks for 512-byte headers and small members: read the source in 1 MiB chunks
 
 
 @dataclasses.dataclass
 class Source:
-    spec: str
+    given: str  # the source as the user wrote it
     urls: list[str]
     shard_samples: list[int | None]  # per shard, from dataset.json; None where unknown
     weight: float = 1.0
@@ -43,7 +42,7 @@ class Source:
 
 
 class SourceError(UserError):
-    """A source spec that names nothing readable; the message names the spec and what to do."""
+    """A source that names nothing readable; the message names it and what to do."""
 
 
 def open_url(url: str) -> IO[bytes]:
@@ -57,12 +56,12 @@ def open_url(url: str) -> IO[bytes]:
         return _PipeStream(url[len("pipe:"):])
     if url.startswith(("http://", "https://")):
         return io.BufferedReader(_ReadAhead(_open_http(url), url), READ_BUFFER)
-    if url.startswith("s3://"):
-        bucket, key = split_s3(url)
-        with s3_errors(url):
-            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-        return io.BufferedReader(_ReadAhead(body, url), READ_BUFFER)
-    return open(url[len("file://"):] if url.startswith("file://") else url, "rb", buffering=READ_BUFFER)
+    url = url[len("file://"):] if url.startswith("file://") else url
+    store = open_store(location_folder(url), "source", create=False)
+    name = location_name(url)
+    if is_remote(url):
+        return io.BufferedReader(_ReadAhead(store.open(name), url), READ_BUFFER)
+    return store.open(name, buffering=READ_BUFFER)
 
 
 def _open_http(url: str):
@@ -162,24 +161,24 @@ class _PipeStream:
         self.close()
 
 
-def read_json(url: str) -> dict | None:
-    """A JSON document at `url`, or None when there is none; a SourceError naming the file when it is not JSON."""
+def read_dataset_info(url: str) -> DatasetInfo | None:
+    """The dataset.json at `url`, or None when there is none; a SourceError naming the file when it is not one."""
     try:
         with open_url(url) as f:
             text = f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        return schema.decode_json(text)
+        return DatasetInfo.from_json(text)
     except schema.MetadataError as exc:
         raise SourceError(f"{url}: {exc}; rebuild the dataset or restore the file") from None
 
 
-def dataset_info(url: str) -> dict | None:
+def dataset_info(url: str) -> DatasetInfo | None:
     """dataset.json of a dataset folder or prefix; None for shards, pipe: commands and folders without one."""
     if url.startswith("pipe:") or url.endswith(".tar"):
         return None
-    return read_json(url.rstrip("/") + "/" + DATASET_JSON)
+    return read_dataset_info(url.rstrip("/") + "/" + DATASET_JSON)
 
 
 def shard_stamps(url: str, names: list[str]) -> dict[str, list | None]:
@@ -187,25 +186,9 @@ def shard_stamps(url: str, names: list[str]) -> dict[str, list | None]:
     [size, ETag] of an S3 object (one listing for the prefix), [length, ETag or Last-Modified] over HTTP;
     None for a shard that is not there. A rebuilt or replaced shard gets another stamp."""
     url = url.rstrip("/")
-    if url.startswith("s3://"):
-        bucket, prefix = split_s3(url + "/")
-        listed = {}
-        with s3_errors(url):
-            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                listed.update({item["Key"][len(prefix):]: [item["Size"], item["ETag"]]
-                               for item in page.get("Contents", [])})
-        return {name: listed.get(name) for name in names}
     if url.startswith(("http://", "https://")):
         return {name: _http_stamp(f"{url}/{name}") for name in names}
-    root = url[len("file://"):] if url.startswith("file://") else url
-    stamps = {}
-    for name in names:
-        try:
-            stat = os.stat(os.path.join(root, name))
-            stamps[name] = [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            stamps[name] = None
-    return stamps
+    return open_store(url, "source", create=False).stamps(names)
 
 
 def _http_stamp(url: str) -> list | None:
@@ -219,59 +202,47 @@ def _http_stamp(url: str) -> list | None:
         raise OSError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
 
 
-def shard_names(info: dict) -> list[str]:
-    """Every shard dataset.json lists, over all splits."""
-    return [shard["name"] for s in info.get("splits", {}).values() for shard in s.get("shards", [])]
-
-
-def parse_spec(spec: str) -> tuple[str, float]:
+def parse_weight(source: str) -> tuple[str, float]:
     """'url@0.3' -> ('url', 0.3); a trailing '@' part that is not a number belongs to the URL."""
-    head, sep, tail = spec.rpartition("@")
+    head, sep, tail = source.rpartition("@")
     if sep:
         try:
             return head, float(tail)
         except ValueError:
             pass
-    return spec, 1.0
+    return source, 1.0
 
 
-def resolve(spec: str, split: str = "train") -> Source:
-    """The shards and sample counts one spec names (see the module docstring)."""
-    url, weight = parse_spec(spec.strip())
+def resolve(source: str, split: str = "train") -> Source:
+    """The shards and sample counts one source names (see the module docstring)."""
+    url, weight = parse_weight(source.strip())
     if url.startswith("pipe:"):
-        return Source(spec, [url], [None], weight)
+        return Source(source, [url], [None], weight)
     if not url.endswith(".tar"):
         info = dataset_info(url)
         if info is None:
             raise SourceError(f"{url}: neither a .tar shard pattern nor a dataset folder with {DATASET_JSON}; "
                               "pass a dataset folder built by `avtools build-dataset` or shard URLs ending in .tar")
-        return _dataset_split(url.rstrip("/"), info, split, spec, weight)
+        return _dataset_split(url.rstrip("/"), info, split, source, weight)
     urls = list(braceexpand.braceexpand(url))
     parent = url.rsplit("/", 1)[0] if "/" in url else "."
-    info = read_json(parent + "/" + DATASET_JSON)
-    counts = _shard_counts(info)
-    return Source(spec, urls, [counts.get(u.rsplit("/", 1)[-1]) for u in urls], weight)
+    info = read_dataset_info(parent + "/" + DATASET_JSON)
+    counts = info.shard_samples() if info else {}
+    return Source(source, urls, [counts.get(u.rsplit("/", 1)[-1]) for u in urls], weight)
 
 
-def resolve_all(specs: list[str] | str, split: str = "train") -> list[Source]:
-    """Several specs resolved, one per item (never split on spaces: `pipe:COMMAND ARGS` is one source); each
+def resolve_all(sources: list[str] | str, split: str = "train") -> list[Source]:
+    """Several sources resolved, one per item (never split on spaces: `pipe:COMMAND ARGS` is one source); each
     must name at least one shard."""
-    items = [specs] if isinstance(specs, str) else [item for item in specs if item.strip()]
+    items = [sources] if isinstance(sources, str) else [item for item in sources if item.strip()]
     if not items:
         raise SourceError("no data source given: pass a dataset folder, shard URLs or a pipe: command")
     return [resolve(item, split) for item in items]
 
 
-def _shard_counts(info: dict | None) -> dict[str, int]:
-    if not info:
-        return {}
-    return {shard["name"]: shard["samples"] for s in info["splits"].values() for shard in s["shards"]}
-
-
-def _dataset_split(url: str, info: dict, split: str, spec: str, weight: float) -> Source:
-    splits = info.get("splits", {})
-    if split not in splits or not splits[split]["shards"]:
-        have = ", ".join(f"{name} ({len(s['shards'])} shards)" for name, s in splits.items()) or "none"
+def _dataset_split(url: str, info: DatasetInfo, split: str, source: str, weight: float) -> Source:
+    if split not in info.splits or not info.splits[split].shards:
+        have = ", ".join(f"{name} ({len(s.shards)} shards)" for name, s in info.splits.items()) or "none"
         raise SourceError(f"{url}: no shards for split '{split}' in {DATASET_JSON}; splits: {have}")
-    shards = splits[split]["shards"]
-    return Source(spec, [f"{url}/{s['name']}" for s in shards], [s["samples"] for s in shards], weight)
+    shards = info.splits[split].shards
+    return Source(source, [f"{url}/{s.name}" for s in shards], [s.samples for s in shards], weight)

@@ -32,8 +32,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from avcl.data.decode import SampleError, sample_meta
@@ -171,8 +171,8 @@ class TrainStream(IterableDataset):
         bad = BadData()
         urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
         samples = selected(read_samples(urls, bad), self.select, bad)
-        raw = _shuffle(samples, bufsize=c.shuffle, initial=min(c.shuffle, 100),
-                       rng=random.Random(int(rng.integers(2 ** 62))))
+        raw = wds.shuffle(bufsize=c.shuffle, initial=min(c.shuffle, 100),
+                          rng=random.Random(int(rng.integers(2 ** 62))))(samples)
         views = (v for v in (self._views(s, rng, bad) for s in raw) if v is not None)
         batches = (collate(chunk) for chunk in _chunks(views, c.batch_size))
         yield from itertools.islice(batches, self.batches_per_worker)
@@ -186,7 +186,7 @@ class TrainStream(IterableDataset):
 
 
 def _total_samples(sources: list[Source]) -> int:
-    unknown = [s.spec for s in sources if s.num_samples is None]
+    unknown = [s.given for s in sources if s.num_samples is None]
     if unknown:
         raise ValueError(f"no sample counts for {unknown}: point at a dataset folder or at shards with their "
                          "dataset.json beside them, or give the epoch size explicitly")

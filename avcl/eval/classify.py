@@ -63,7 +63,7 @@ def holdout_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-def fit(x: np.ndarray, y: np.ndarray, kind: str, c_grid, holdout: float = 0.1, standardize: bool = True,
+def fit(x: np.ndarray, y: np.ndarray, kind: str, c_grid, *, holdout: float = 0.1, standardize: bool = True,
         max_iter: int = 1000, seed: int = 0, groups: np.ndarray | None = None) -> Fitted:
     """The classifier with the C of `c_grid` that scores best on the held-out part, refitted on all rows."""
     from sklearn.exceptions import ConvergenceWarning

@@ -4,6 +4,7 @@ UCF101 and HMDB51 store every video once (shard split = its role in the fold the
 json field `folds` gives its role in official splits 1-3, so one feature extraction serves all three folds.
 ESC-50's five folds are its shard splits `fold1`..`fold5` (test on one, train on the other four). Every other
 dataset (Kinetics-Sounds, VGG-Sound, folder) has one fold: train on `train`, test on `test` (else `val`).
+Every dataset of manifests/datasets.toml is one, described by its `eval` table there.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import dataclasses
 
 import numpy as np
 
+import avtools_manifests
+from avcl.data.schema import DatasetInfo
 from avcl.data.views import FOLD_ROLES, fold_codes
 from avcl.errors import UserError
 from avcl.registry import Registry
 
-DATASETS = Registry("evaluation dataset")
+DATASETS = Registry("evaluation dataset", package="avcl.eval")
 
 
 class EvalDataError(UserError):
@@ -25,13 +28,14 @@ class EvalDataError(UserError):
 @dataclasses.dataclass(frozen=True)
 class EvalDataset:
     name: str
-    kind: str  # official-splits | folds | single
-    folds: tuple[str, ...]  # fold names, "1".."3" | "1".."5" | ("1",)
-    default_folds: tuple[str, ...]  # what `--splits` means when not given
-    modalities: tuple[str, ...] = ("video",)  # what the protocols evaluate by default
-    finetune_epochs: int = 16  # AVID/SEVERE: 16 epochs with milestones 6, 10, 14 (UCF101); 10 with 3, 6, 8 (HMDB51)
-    finetune_milestones: tuple[int, ...] = (6, 10, 14)
+    kind: str = "single"  # official-splits | folds | single
+    folds: tuple[str, ...] = ("1",)  # fold names, "1".."3" | "1".."5" | ("1",)
+    default_folds: tuple[str, ...] = ("1",)  # what `--folds` means when not given
+    modalities: tuple[str, ...] = ("video", "audio", "fused")  # what the protocols evaluate by default
+    finetune_epochs: int = 10  # AVID/SEVERE: 16 epochs with milestones 6, 10, 14 (UCF101); 10 with 3, 6, 8 (HMDB51)
+    finetune_milestones: tuple[int, ...] = (3, 6, 8)
     class_list_version: str = ""  # the class list the data must have been built with (KS100 v1 and v2 differ)
+    protocol: str = "linear"  # what `avtools eval` runs when --protocol is not given
 
     def test_split(self, splits: list[str]) -> str:
         for name in ("test", "val"):
@@ -68,34 +72,29 @@ class EvalDataset:
         chosen = tuple(part.strip() for part in requested.split(","))
         bad = [f for f in chosen if f not in self.folds]
         if bad:
-            raise EvalDataError(f"{self.name} has splits {', '.join(self.folds)} (or 'all'), not {', '.join(bad)}")
+            raise EvalDataError(f"{self.name} has official splits (--folds) {', '.join(self.folds)} (or 'all'), not {', '.join(bad)}")
         return chosen
 
-    def coverage(self, info: dict, fold: str, role: str) -> tuple[int, int]:
+    def coverage(self, info: DatasetInfo, fold: str, role: str) -> tuple[int, int]:
         """(expected, available): how many samples are `role` in `fold` by the official lists, and how many the
         shards hold, from dataset.json (never by reading the shards)."""
-        splits = info["splits"]
         if self.kind == "official-splits":
-            counts = info.get("folds", {}).get(fold, {}).get(role, {"expected": 0, "available": 0})
+            counts = info.folds.get(fold, {}).get(role, {"expected": 0, "available": 0})
             if not isinstance(counts, dict):
                 raise EvalDataError(f"dataset.json has no expected/available counts per official split: rerun the "
                                     "same `avtools build-dataset` command once (finished shards are kept) to add them")
             return counts["expected"], counts["available"]
-        entries = [entry for name, entry in splits.items()
-                   if self.role(name, np.full(3, -1), fold, list(splits)) == role]
-        return sum(e["total"] for e in entries), sum(e["available"] for e in entries)
+        entries = [split for name, split in info.splits.items()
+                   if self.role(name, np.full(3, -1), fold, list(info.splits)) == role]
+        return sum(s.total for s in entries), sum(s.available for s in entries)
 
 
-def _register(dataset: EvalDataset) -> None:
-    DATASETS.register(dataset.name)(dataset)
+def from_definition(name: str, definition: dict) -> EvalDataset:
+    """A dataset of manifests/datasets.toml as an evaluation dataset: its `eval` table over the defaults of a
+    one-fold audio-visual dataset, and its class list's version."""
+    table = {key: tuple(value) if isinstance(value, list) else value for key, value in definition.get("eval", {}).items()}
+    return EvalDataset(name, class_list_version=definition.get("version", ""), **table)
 
 
-_register(EvalDataset("ucf101", "official-splits", ("1", "2", "3"), ("1",), finetune_epochs=16))
-_register(EvalDataset("hmdb51", "official-splits", ("1", "2", "3"), ("1",), finetune_epochs=10,
-                          finetune_milestones=(3, 6, 8)))
-_register(EvalDataset("esc50", "folds", ("1", "2", "3", "4", "5"), ("1", "2", "3", "4", "5"), ("audio",)))
-for _name, _version in (("kinetics-sounds32", ""), ("kinetics-sounds31", ""), ("kinetics-sounds100", "v2"),
-                       ("kinetics-sounds100-v1", "v1"), ("vggsound", "")):
-    _register(EvalDataset(_name, "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8), _version))
-_register(EvalDataset("folder", "single", ("1",), ("1",), ("video",), 10, (3, 6, 8)))
-_register(EvalDataset("demo", "single", ("1",), ("1",), ("video", "audio", "fused"), 10, (3, 6, 8)))
+for _name, _definition in avtools_manifests.datasets().items():
+    DATASETS.register(_name)(from_definition(_name, _definition))

@@ -3,8 +3,8 @@
     checkpoint -> encoders -> EvalStream (every sample once over ranks) -> device augment (test crops) ->
     clip embeddings -> per-sample features (cached .npz) -> a protocol (one file each) -> result rows
 
-Protocols register here with their recipe dataclass (the published defaults, overridable with
-`--set protocol.KEY=VALUE`) and a `run(engine, recipe, folds, modalities) -> list[Row]` function.
+Protocols register here with their parameters dataclass (the published defaults, overridable with
+`--set protocol.KEY=VALUE`) and a `run(engine, params, folds, modalities) -> list[ResultRow]` function.
 """
 from __future__ import annotations
 
@@ -20,43 +20,44 @@ import numpy as np
 import torch
 
 from avcl.data.augment import DeviceAugment
-from avcl.data.sources import SourceError, dataset_info, resolve, shard_names, shard_stamps
+from avcl.data.schema import DatasetInfo
+from avcl.data.sources import SourceError, dataset_info, resolve, shard_stamps
 from avcl.data.stream import EvalStream
 from avcl.data.views import run_spec
 from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
-from avcl.eval.features import FeatureSpec, Features, cache_key, extract, feature_spec, feature_views, stream_config
-from avcl.methods.losses import world
+from avcl.eval.features import FeatureSpec, cache_key, feature_spec, feature_views, stream_config
+from avcl.extract import Features, extract
 from avcl.progress import Progress, duration
 from avcl.registry import Registry
+from avcl.runtime import AUTOCAST, world
 from avcl.storage import cache_dir
 
 log = logging.getLogger("avcl.eval")
 
-PROTOCOLS = Registry("protocol")
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+PROTOCOLS = Registry("protocol", package="avcl.eval")
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     name: str
-    recipe: type  # dataclass of the protocol's settings, published defaults
-    run: Callable  # (engine, recipe, folds, modalities) -> list[Row]
+    params: type  # dataclass of the protocol's settings, published defaults
+    run: Callable  # (engine, params, folds, modalities) -> list[ResultRow]
     about: str
     modalities: tuple[str, ...] | None = None  # the only ones it measures (ESC-50: audio); None: as asked
     needs_labels: bool = True  # classification and retrieval need two classes at least; fingerprinting none
     kinds: tuple[str, ...] | None = None  # the dataset kinds it serves (EvalDataset.kind); None: every kind
 
 
-def register_protocol(name: str, recipe: type, about: str, **options):
+def register_protocol(name: str, params: type, about: str, **options):
     def add(run: Callable) -> Callable:
-        PROTOCOLS.register(name)(Protocol(name, recipe, run, about, **options))
+        PROTOCOLS.register(name)(Protocol(name, params, run, about, **options))
         return run
     return add
 
 
 @dataclasses.dataclass
-class Row:
+class ResultRow:
     """One result: a number another lab can compare with, and everything that produced it."""
     dataset: str
     split: str  # the fold, or "mean"
@@ -89,9 +90,9 @@ class Engine:
             raise EvalDataError(f"{options.data}: no dataset.json there; evaluation reads a dataset folder built "
                                 "by `avtools build-dataset` (local, http(s):// or s3://)")
         check_dataset_name(dataset, self.info, options.data)
-        self.splits = [name for name, s in self.info["splits"].items() if s["shards"]]
+        self.splits = [name for name, split in self.info.splits.items() if split.shards]
         # what feature caches know of the data: dataset.json and each shard's size and time (or ETag)
-        self.data_identity = cache_key(self.info, shard_stamps(self.url, shard_names(self.info)))
+        self.data_identity = cache_key(dataclasses.asdict(self.info), shard_stamps(self.url, self.info.shard_names()))
         self.cache_hits = self.cache_misses = 0
         self.autocast = AUTOCAST[options.precision] if device.type == "cuda" else None
         self.read: dict[tuple[str, str, str], int] = {}  # (modality, fold, role) -> samples read
@@ -107,7 +108,7 @@ class Engine:
         return max(len(self.class_names()), 1)
 
     def class_names(self) -> list[str]:
-        return sorted({c for s in self.info["splits"].values() for c in s.get("classes", {})})
+        return self.info.classes()
 
     def modalities(self, requested: str | None) -> tuple[str, ...]:
         """`--modality` (or the dataset's default), keeping only what the encoders have."""
@@ -178,11 +179,11 @@ class Engine:
                            normalize_clips=spec.normalize_clips, keep_clips=spec.keep_clips,
                            thumbs=spec.modality != "audio", progress=advance, max_clips=self.max_clips)
 
-    def fold_features(self, recipe, folds, modalities):
+    def fold_features(self, params, folds, modalities):
         """(modality, spec, features, fold, train, test) for every modality and fold: the features of the
-        recipe's settings (extracted or cached once per modality) with each fold's sample indices."""
+        parameters' settings (extracted or cached once per modality) with each fold's sample indices."""
         for modality in modalities:
-            spec = feature_spec(recipe, modality)
+            spec = feature_spec(params, modality)
             features = self.features(spec)
             for fold in folds:
                 yield (modality, spec, features, fold, *self.fold_indices(features, fold, modality))
@@ -222,13 +223,13 @@ class Engine:
                 out[role]["read"] = self.read[(modality, fold, role)]
         return out
 
-    def row(self, fold: str, protocol: str, modality: str, metrics: dict, recipe, spec: FeatureSpec | None = None,
-            **extra) -> Row:
-        settings = {"recipe": dataclasses.asdict(recipe), "data": self.url}
+    def row(self, fold: str, protocol: str, modality: str, metrics: dict, params, spec: FeatureSpec | None = None,
+            **extra) -> ResultRow:
+        settings = {"params": dataclasses.asdict(params), "data": self.url}
         if spec is not None:
             settings["features"] = dataclasses.asdict(spec)
         extra = {"coverage": self.coverage(fold, modality), **extra}
-        return Row(self.dataset.name, fold, protocol, modality, metrics, settings, self.encoders.describe, extra)
+        return ResultRow(self.dataset.name, fold, protocol, modality, metrics, settings, self.encoders.describe, extra)
 
     def figure_path(self, name: str) -> Path:
         path = Path(self.options.figures_dir) / name
@@ -236,19 +237,19 @@ class Engine:
         return path
 
 
-def check_dataset_name(dataset: EvalDataset, info: dict, data: str) -> None:
+def check_dataset_name(dataset: EvalDataset, info: DatasetInfo, data: str) -> None:
     """Rows are labelled with the requested dataset: it must be the one built there (or `folder`, any data)."""
-    built = info.get("name")
+    built = info.name
     if dataset.name != "folder" and built != dataset.name:
         raise EvalDataError(f"{data} holds a {built!r} dataset (its dataset.json), not {dataset.name!r}: evaluate it "
                             f"as `avtools eval {built}` or `avtools eval folder`, or pass the {dataset.name} data")
-    version = info.get("class_list", {}).get("version") or "unrecorded"
+    version = info.class_list.get("version") or "unrecorded"
     if dataset.class_list_version and version != dataset.class_list_version:
         raise EvalDataError(f"{data} was built with class list {version}, not {dataset.class_list_version}: rebuild "
                             f"it with this avtools (`avtools build-dataset {dataset.name}`; finished clips are kept)")
 
 
-def coverage_shortfalls(rows: list[Row]) -> list[str]:
+def coverage_shortfalls(rows: list[ResultRow]) -> list[str]:
     """One line per (dataset, split, modality) whose rows read fewer samples than the official lists name."""
     lines = {}
     for row in (r for r in rows if r.split != "mean"):
@@ -264,7 +265,7 @@ def coverage_shortfalls(rows: list[Row]) -> list[str]:
     return list(lines.values())
 
 
-def mean_row(rows: list[Row]) -> Row:
+def mean_row(rows: list[ResultRow]) -> ResultRow:
     """The mean over folds of rows that differ only in their fold, with per-fold values kept."""
     first = rows[0]
     metrics = {k: float(np.mean([r.metrics[k] for r in rows])) for k in first.metrics}
@@ -273,9 +274,9 @@ def mean_row(rows: list[Row]) -> Row:
     return dataclasses.replace(first, split="mean", metrics=metrics, extra={"per_split": per_fold, "coverage": coverage})
 
 
-def with_means(rows: list[Row]) -> list[Row]:
+def with_means(rows: list[ResultRow]) -> list[ResultRow]:
     """Rows plus, for every (protocol, modality) measured on several folds, their mean."""
-    groups: dict[tuple, list[Row]] = {}
+    groups: dict[tuple, list[ResultRow]] = {}
     for row in rows:
         key = (row.protocol, row.modality, row.extra.get("family"), json.dumps(row.settings, sort_keys=True))
         groups.setdefault(key, []).append(row)

@@ -23,7 +23,7 @@ from avcl.eval.features import FeatureSpec
 
 
 @dataclasses.dataclass
-class ESC50Recipe:
+class ESC50Params:
     window_s: float = 0.0  # seconds per crop; 0: the audio length the checkpoint was trained on
     classifier: str = "svm"  # svm | logreg
     c_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -37,27 +37,27 @@ class ESC50Recipe:
 
 
 @dataclasses.dataclass
-class CrissCrossRecipe(ESC50Recipe):
+class CrissCrossParams(ESC50Params):
     window_s: float = 2.0
 
 
-@register_protocol("esc50", ESC50Recipe, "ESC-50: frozen audio encoder (crops as long as its training audio), "
+@register_protocol("esc50", ESC50Params, "ESC-50: frozen audio encoder (crops as long as its training audio), "
                                          "linear SVM per official fold", modalities=("audio",), kinds=("folds",))
-def run(engine: Engine, recipe: ESC50Recipe, folds, modalities) -> list:
-    return esc50_rows(engine, recipe, folds, "esc50")
+def run(engine: Engine, params: ESC50Params, folds, modalities) -> list:
+    return esc50_rows(engine, params, folds, "esc50")
 
 
-@register_protocol("esc50-crisscross", CrissCrossRecipe, "CrissCross ESC-50: 2 s crops, linear SVM per official fold",
+@register_protocol("esc50-crisscross", CrissCrossParams, "CrissCross ESC-50: 2 s crops, linear SVM per official fold",
                    modalities=("audio",), kinds=("folds",))
-def run_crisscross(engine: Engine, recipe: CrissCrossRecipe, folds, modalities) -> list:
-    return esc50_rows(engine, recipe, folds, "esc50-crisscross")
+def run_crisscross(engine: Engine, params: CrissCrossParams, folds, modalities) -> list:
+    return esc50_rows(engine, params, folds, "esc50-crisscross")
 
 
-def esc50_rows(engine: Engine, recipe: ESC50Recipe, folds, protocol: str) -> list:
-    window = recipe.window_s or engine.train_views().audio_seconds
-    common = dict(modality="audio", layer=recipe.feature, audio_seconds=window, keep_clips=True)
-    train = engine.features(FeatureSpec(clips=recipe.train_crops, augment_seed=recipe.seed, **common))
-    test = engine.features(FeatureSpec(clips=recipe.test_crops, **common))
+def esc50_rows(engine: Engine, params: ESC50Params, folds, protocol: str) -> list:
+    window = params.window_s or engine.train_views().audio_seconds
+    common = dict(modality="audio", layer=params.feature, audio_seconds=window, keep_clips=True)
+    train = engine.features(FeatureSpec(clips=params.train_crops, augment_seed=params.seed, **common))
+    test = engine.features(FeatureSpec(clips=params.test_crops, **common))
     rows = []
     for fold in folds:
         (train_rows,) = engine.fold_indices(train, fold, "audio", ("train",))
@@ -66,11 +66,11 @@ def esc50_rows(engine: Engine, recipe: ESC50Recipe, folds, protocol: str) -> lis
         x = crops.reshape(-1, crops.shape[-1])
         y = np.repeat(train.labels[train_rows], crops.shape[1])
         groups = np.repeat(train_rows, crops.shape[1])
-        fitted = classify.fit(x, y, recipe.classifier, recipe.c_grid, recipe.holdout, recipe.standardize,
-                              recipe.max_iter, recipe.seed, groups=groups)
+        fitted = classify.fit(x, y, params.classifier, params.c_grid, holdout=params.holdout,
+                              standardize=params.standardize, max_iter=params.max_iter, seed=params.seed, groups=groups)
         tests = test.features[test_rows]
         scores = fitted.scores(tests.reshape(-1, tests.shape[-1]), engine.num_classes)
         scores = scores.reshape(len(test_rows), tests.shape[1], -1).mean(1)
         metrics = {"accuracy": 100 * classify.topk_accuracy(scores, test.labels[test_rows], 1)}
-        rows.append(engine.row(fold, protocol, "audio", metrics, recipe, c=fitted.c, window_s=window))
+        rows.append(engine.row(fold, protocol, "audio", metrics, params, c=fitted.c, window_s=window))
     return rows

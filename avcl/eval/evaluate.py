@@ -1,6 +1,6 @@
 """`avtools eval DATASET --protocol P --checkpoint RUN --data DIR`: one entry point for every protocol.
 
-Loads the encoders, resolves the protocol's recipe (published defaults < `--set protocol.KEY=VALUE`), prints
+Loads the encoders, resolves the protocol's parameters (published defaults < `--set protocol.KEY=VALUE`), prints
 both, runs the protocol on the requested folds and modalities, adds the mean over folds, warns where the rows
 cover less than the official splits, and stamps every row with its provenance.
 """
@@ -8,44 +8,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import importlib.metadata
 import json
 from pathlib import Path
 
+from avcl.data.schema import DatasetInfo
 from avcl.eval.datasets import DATASETS, EvalDataError
 from avcl.eval.encoders import load_encoders
-from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, Row, coverage_shortfalls, with_means
+from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, ResultRow, coverage_shortfalls, with_means
+from avcl.runtime import setup
 from avcl.train.config import ConfigError, build_section, merge, named_preset, parse_override
-from avcl.train.loop import setup
-
-PROTOCOL_MODULES = ("linear", "linear_sgd", "finetune", "retrieval", "knn", "esc50", "fingerprint")
-DEFAULT_PROTOCOL = {"esc50": "esc50", "vggsound": "fingerprint"}
 
 
-def load_protocols() -> None:
-    for module in PROTOCOL_MODULES:
-        importlib.import_module(f"avcl.eval.{module}")
-
-
-def protocol_names() -> list[str]:
-    load_protocols()
-    return PROTOCOLS.names()
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class EvalRequest:
     dataset: str
     data: str
     protocol: str | None = None  # None: the dataset's usual one (linear; esc50; fingerprint for vggsound)
     checkpoint: str = "random"
     method: str = "xmodal"  # for --checkpoint random
-    splits: str | None = None  # "1", "1,2", "all"; None: the dataset's default
+    folds: str | None = None  # official splits: "1", "1,2", "all"; None: the dataset's default
     modality: str | None = None  # video | audio | fused | comma list | all; None: the dataset's default
     overrides: list[str] = dataclasses.field(default_factory=list)  # protocol.KEY=VALUE, or model keys for random
     device: str = "auto"
     options: EvalOptions | None = None
-    preset: str | None = None  # a named preset: its [protocol] keys the recipe has, and (random) its model
+    preset: str | None = None  # a named preset: its [protocol] keys the protocol parameters have, and (random) its model
     backbone: str | None = None  # a plain state_dict's backbone (default: inferred from its keys and shapes)
     checkpoint_format: str | None = None  # a released checkpoint's layout (gdt, selavi, xdc, torchvision)
     command: str = ""  # the command line, for the rows' provenance
@@ -59,40 +46,39 @@ class EvalRequest:
 
 
 def split_overrides(overrides: list[str]) -> tuple[dict, list[str]]:
-    """`protocol.*` settings for the recipe; everything else configures the model `--checkpoint random` builds."""
-    recipe: dict = {}
+    """`protocol.*` settings for the protocol parameters; everything else configures the model `--checkpoint random` builds."""
+    params: dict = {}
     model = []
     for item in overrides:
         if item.strip().startswith("protocol."):
-            merge(recipe, parse_override(item.strip()[len("protocol."):]))
+            merge(params, parse_override(item.strip()[len("protocol."):]))
         else:
             model.append(item)
-    return recipe, model
+    return params, model
 
 
-def preset_recipe(name: str | None, recipe: type) -> dict:
-    """A named preset's [protocol] keys that this protocol's recipe has."""
+def preset_params(name: str | None, params: type) -> dict:
+    """A named preset's [protocol] keys that this protocol's parameters have."""
     if not name:
         return {}
-    fields = {f.name for f in dataclasses.fields(recipe)}
+    fields = {f.name for f in dataclasses.fields(params)}
     return {k: v for k, v in named_preset(name).get("protocol", {}).items() if k in fields}
 
 
-def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
-    load_protocols()
+def evaluate(request: EvalRequest, log=print) -> tuple[list[ResultRow], Engine]:
     dataset = DATASETS.get(request.dataset)
-    protocol = PROTOCOLS.get(request.protocol or DEFAULT_PROTOCOL.get(dataset.name, "linear"))
+    protocol = PROTOCOLS.get(request.protocol or dataset.protocol)
     if protocol.kinds and dataset.kind not in protocol.kinds:
         serving = [d for d in DATASETS.names() if DATASETS.get(d).kind in protocol.kinds]
         raise EvalDataError(f"protocol {protocol.name} cannot be asked of {dataset.name}: it serves "
                             f"{', '.join(serving)}; for {dataset.name} use linear, knn, retrieval or finetune")
-    recipe_values, model_overrides = split_overrides(request.overrides)
+    param_values, model_overrides = split_overrides(request.overrides)
     if model_overrides and request.checkpoint != "random":
         raise ConfigError(f"{model_overrides}: model settings apply to --checkpoint random only; protocol "
                           "settings are written protocol.KEY=VALUE")
-    recipe = build_section(protocol.recipe, merge(preset_recipe(request.preset, protocol.recipe), recipe_values),
+    params = build_section(protocol.params, merge(preset_params(request.preset, protocol.params), param_values),
                            "protocol")
-    folds = dataset.resolve_folds(request.splits)
+    folds = dataset.resolve_folds(request.folds)
     ctx = setup(request.device)
     encoders = load_encoders(request.checkpoint, request.method, model_overrides, ctx.device, request.preset,
                              request.backbone, request.checkpoint_format)
@@ -104,9 +90,9 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
     if ctx.main:
         log(f"{protocol.name} on {dataset.name} split(s) {', '.join(folds)}, {', '.join(modalities)}; "
             f"{json.dumps(encoders.describe)}")
-        log(f"protocol settings: {json.dumps(dataclasses.asdict(recipe))}")
-    rows = with_means(protocol.run(engine, recipe, folds, modalities))
-    stamp = provenance(request, encoders.config.to_dict(), dataclasses.asdict(recipe), engine.info)
+        log(f"protocol settings: {json.dumps(dataclasses.asdict(params))}")
+    rows = with_means(protocol.run(engine, params, folds, modalities))
+    stamp = provenance(request, encoders.config.to_dict(), dataclasses.asdict(params), engine.info)
     rows = [dataclasses.replace(row, provenance=stamp) for row in rows]
     if ctx.main:
         for line in coverage_shortfalls(rows):
@@ -114,10 +100,10 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[Row], Engine]:
     return rows, engine
 
 
-def provenance(request: EvalRequest, model_config: dict, recipe: dict, data_info: dict) -> dict:
+def provenance(request: EvalRequest, model_config: dict, params: dict, data_info: DatasetInfo) -> dict:
     """What a row needs to be reproduced: avtools' version, the UTC time, the command, the data's class list
     (file, version, hash) and the resolved config."""
     return {"avtools": importlib.metadata.version("avtools"),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": request.command, "request": request.as_dict(), "class_list": data_info.get("class_list", {}),
-            "config": {"model": model_config, "protocol": recipe}}
+            "command": request.command, "request": request.as_dict(), "class_list": data_info.class_list,
+            "config": {"model": model_config, "protocol": params}}

@@ -14,19 +14,20 @@ import numpy as np
 
 from avcl.eval import classify
 from avcl.eval.engine import Engine, register_protocol
-from avcl.eval.supervised import SupervisedRecipe, per_class_accuracy, test_probabilities
+from avcl.eval.supervised import SupervisedParams, per_class_accuracy, test_probabilities
+from avcl.plots import pyplot
 
 
 @dataclasses.dataclass
-class FinetuneRecipe(SupervisedRecipe):
+class FinetuneParams(SupervisedParams):
     pass
 
 
-def supervised_rows(engine: Engine, recipe: SupervisedRecipe, folds, modalities, protocol: str) -> list:
+def supervised_rows(engine: Engine, params: SupervisedParams, folds, modalities, protocol: str) -> list:
     rows = []
     for modality in modalities:
         for fold in folds:
-            probs = test_probabilities(engine, recipe, fold, modality)
+            probs = test_probabilities(engine, params, fold, modality)
             engine.read[(modality, fold, "test")] = len(probs)
             labels = probs.labels
             predicted = probs.features.argmax(1)
@@ -41,21 +42,18 @@ def supervised_rows(engine: Engine, recipe: SupervisedRecipe, folds, modalities,
                 path = engine.figure_path(f"{protocol}-{engine.dataset.name}-split{fold}-{modality}-confusion.png")
                 plot_confusion(path, predicted, labels, engine.num_classes, f"{protocol} {engine.dataset.name} split {fold}")
                 extra["figure"] = str(path)
-            rows.append(engine.row(fold, protocol, modality, metrics, recipe, **extra))
+            rows.append(engine.row(fold, protocol, modality, metrics, params, **extra))
     return rows
 
 
-@register_protocol("finetune", FinetuneRecipe, "AVID/SEVERE full fine-tuning, 10-clip (or 10x3) test")
-def run(engine: Engine, recipe: FinetuneRecipe, folds, modalities) -> list:
-    return supervised_rows(engine, recipe, folds, modalities, "finetune")
+@register_protocol("finetune", FinetuneParams, "AVID/SEVERE full fine-tuning, 10-clip (or 10x3) test")
+def run(engine: Engine, params: FinetuneParams, folds, modalities) -> list:
+    return supervised_rows(engine, params, folds, modalities, "finetune")
 
 
 def plot_confusion(path, predicted: np.ndarray, labels: np.ndarray, classes: int, title: str) -> None:
-    """Row-normalised confusion matrix (true class down, predicted across)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """ResultRow-normalised confusion matrix (true class down, predicted across)."""
+    plt = pyplot()
 
     matrix = np.zeros((classes, classes))
     np.add.at(matrix, (labels, predicted), 1)

@@ -26,7 +26,7 @@ CHANGES = {"video": VISUAL + TEMPORAL, "audio": AUDIO + TEMPORAL, "fused": FAMIL
 
 
 @dataclasses.dataclass(frozen=True)
-class FingerprintRecipe(Strengths):
+class FingerprintParams(Strengths):
     families: tuple[str, ...] = FAMILIES
     ks: tuple[int, ...] = (1, 5, 10)
     clips: int = 10
@@ -67,29 +67,29 @@ def pooled_families(modality: str, families) -> list[str]:
     return [f for f in families if f in CHANGES[modality]]
 
 
-@register_protocol("fingerprint", FingerprintRecipe, "robust fingerprinting: transformed test clips query the originals",
+@register_protocol("fingerprint", FingerprintParams, "robust fingerprinting: transformed test clips query the originals",
                    needs_labels=False, kinds=("single",))
-def run(engine: Engine, recipe: FingerprintRecipe, folds, modalities) -> list:
+def run(engine: Engine, params: FingerprintParams, folds, modalities) -> list:
     split = engine.dataset.test_split(engine.splits)
-    strengths = Strengths(**{f.name: getattr(recipe, f.name) for f in dataclasses.fields(Strengths)})
+    strengths = Strengths(**{f.name: getattr(params, f.name) for f in dataclasses.fields(Strengths)})
     rows = []
     for modality in modalities:
-        spec = FeatureSpec(modality=modality, clips=recipe.clips, frames=recipe.frames, fps=recipe.fps,
-                           size=recipe.size)
+        spec = FeatureSpec(modality=modality, clips=params.clips, frames=params.frames, fps=params.fps,
+                           size=params.size)
         database = engine.features(spec, [split])
         engine.read[(modality, "1", "test")] = len(database)
         ranks_by_family = {}
-        for family in recipe.families:
+        for family in params.families:
             queries = engine.features(spec, [split], perturb=Perturbation(family, strengths))
             ranks = ranks_of_originals(torch.from_numpy(queries.features), queries.keys,
                                        torch.from_numpy(database.features), database.keys)
             ranks_by_family[family] = ranks
-            rows.append(engine.row("1", "fingerprint", modality, retrieval_metrics(ranks, recipe.ks), recipe, spec,
+            rows.append(engine.row("1", "fingerprint", modality, retrieval_metrics(ranks, params.ks), params, spec,
                                    family=family, queries=len(ranks), database=len(database),
                                    identical=identical_to_originals(queries, database)))
-        pooled = pooled_families(modality, recipe.families)
+        pooled = pooled_families(modality, params.families)
         if pooled:
             ranks = np.concatenate([ranks_by_family[f] for f in pooled])
-            rows.append(engine.row("1", "fingerprint", modality, retrieval_metrics(ranks, recipe.ks), recipe, spec,
+            rows.append(engine.row("1", "fingerprint", modality, retrieval_metrics(ranks, params.ks), params, spec,
                                    family="all", families=pooled, queries=len(ranks), database=len(database)))
     return rows

@@ -16,7 +16,7 @@ from avcl.eval.engine import Engine, register_protocol
 
 
 @dataclasses.dataclass
-class LinearRecipe:
+class LinearParams:
     classifier: str = "logreg"  # logreg | svm | svm-tcgl
     c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     holdout: float = 0.1  # share of train held out to choose C
@@ -33,7 +33,7 @@ class LinearRecipe:
 
 
 @dataclasses.dataclass
-class TCGLSVMRecipe(LinearRecipe):
+class TCGLSVMParams(LinearParams):
     classifier: str = "svm-tcgl"
     c_grid: tuple[float, ...] = (100.0,)
     standardize: bool = False
@@ -41,24 +41,25 @@ class TCGLSVMRecipe(LinearRecipe):
     normalize_clips: bool = False
 
 
-@register_protocol("linear", LinearRecipe, "logistic regression / linear SVM on 10-clip averaged frozen features")
-def run(engine: Engine, recipe: LinearRecipe, folds, modalities) -> list:
-    return linear_rows(engine, recipe, folds, modalities, "linear")
+@register_protocol("linear", LinearParams, "logistic regression / linear SVM on 10-clip averaged frozen features")
+def run(engine: Engine, params: LinearParams, folds, modalities) -> list:
+    return linear_rows(engine, params, folds, modalities, "linear")
 
 
-@register_protocol("linear-svm-tcgl", TCGLSVMRecipe, "TCGL's liblinear -s 2 -c 100 (no bias) on clip-averaged GAP features")
-def run_tcgl(engine: Engine, recipe: TCGLSVMRecipe, folds, modalities) -> list:
-    return linear_rows(engine, recipe, folds, modalities, "linear-svm-tcgl")
+@register_protocol("linear-svm-tcgl", TCGLSVMParams, "TCGL's liblinear -s 2 -c 100 (no bias) on clip-averaged GAP features")
+def run_tcgl(engine: Engine, params: TCGLSVMParams, folds, modalities) -> list:
+    return linear_rows(engine, params, folds, modalities, "linear-svm-tcgl")
 
 
-def linear_rows(engine: Engine, recipe: LinearRecipe, folds, modalities, protocol: str) -> list:
+def linear_rows(engine: Engine, params: LinearParams, folds, modalities, protocol: str) -> list:
     rows = []
-    for modality, spec, features, fold, train, test in engine.fold_features(recipe, folds, modalities):
-        fitted = classify.fit(features.features[train], features.labels[train], recipe.classifier,
-                              recipe.c_grid, recipe.holdout, recipe.standardize, recipe.max_iter, recipe.seed)
+    for modality, spec, features, fold, train, test in engine.fold_features(params, folds, modalities):
+        fitted = classify.fit(features.features[train], features.labels[train], params.classifier, params.c_grid,
+                              holdout=params.holdout, standardize=params.standardize, max_iter=params.max_iter,
+                              seed=params.seed)
         scores = fitted.scores(features.features[test], engine.num_classes)
         labels = features.labels[test]
         metrics = {"top1": 100 * classify.topk_accuracy(scores, labels, 1),
                    "top5": 100 * classify.topk_accuracy(scores, labels, 5)}
-        rows.append(engine.row(fold, protocol, modality, metrics, recipe, spec, c=fitted.c))
+        rows.append(engine.row(fold, protocol, modality, metrics, params, spec, c=fitted.c))
     return rows

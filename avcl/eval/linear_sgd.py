@@ -11,11 +11,11 @@ import dataclasses
 
 from avcl.eval.engine import Engine, register_protocol
 from avcl.eval.finetune import supervised_rows
-from avcl.eval.supervised import SupervisedRecipe
+from avcl.eval.supervised import SupervisedParams
 
 
 @dataclasses.dataclass
-class LinearSGDRecipe(SupervisedRecipe):
+class LinearSGDParams(SupervisedParams):
     lr: float = 0.01
     epochs: int = 10
     milestones: tuple[int, ...] = (4, 8, 10)
@@ -25,6 +25,6 @@ class LinearSGDRecipe(SupervisedRecipe):
     freeze_backbone: bool = True
 
 
-@register_protocol("linear-sgd", LinearSGDRecipe, "SEVERE linear head: frozen backbone, Adam 0.01, 10 epochs")
-def run(engine: Engine, recipe: LinearSGDRecipe, folds, modalities) -> list:
-    return supervised_rows(engine, recipe, folds, modalities, "linear-sgd")
+@register_protocol("linear-sgd", LinearSGDParams, "SEVERE linear head: frozen backbone, Adam 0.01, 10 epochs")
+def run(engine: Engine, params: LinearSGDParams, folds, modalities) -> list:
+    return supervised_rows(engine, params, folds, modalities, "linear-sgd")

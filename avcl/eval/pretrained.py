@@ -53,7 +53,7 @@ class Converted:
     audio_backbone: str | None = None
 
 
-FORMATS = Registry("checkpoint format")
+FORMATS = Registry("checkpoint format", package="avcl.eval")
 
 
 def register_format(name: str):

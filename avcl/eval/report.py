@@ -1,7 +1,7 @@
 """Result rows to a rich table and results.json; `--compare` puts results files side by side, with gains
 against a baseline column and the published rows for the same dataset, protocol and backbone.
 
-results.json: {"rows": [Row...], "request": {...}, ...}. Every row names dataset, split, protocol, modality,
+results.json: {"rows": [ResultRow...], "request": {...}, ...}. Every row names dataset, split, protocol, modality,
 its metrics, the full protocol settings, the encoder (checkpoint, hash, method, step), its coverage of the
 official splits and its provenance (avtools version, UTC time, command line, resolved config).
 """
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+import avtools_manifests
 from avcl.errors import UserError
-from avcl.eval.engine import Row
+from avcl.eval.engine import ResultRow
 from avcl.storage import write_atomic
 
 ROW_FIELDS = ("dataset", "split", "protocol", "modality", "metrics", "settings", "encoder")
@@ -64,7 +63,7 @@ def table(rows: list[dict], title: str) -> Table:
     return out
 
 
-def print_rows(rows: list[Row], console: Console | None = None) -> None:
+def print_rows(rows: list[ResultRow], console: Console | None = None) -> None:
     """The result table, the settings behind it, and the published rows for the same protocol and backbone."""
     console = console or Console()
     plain = [dataclasses.asdict(r) for r in rows]
@@ -75,7 +74,7 @@ def print_rows(rows: list[Row], console: Console | None = None) -> None:
     print_references(plain, console)
 
 
-def save(rows: list[Row], path: Path, meta: dict) -> None:
+def save(rows: list[ResultRow], path: Path, meta: dict) -> None:
     document = {"rows": [dataclasses.asdict(r) for r in rows], **meta}
     write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
 
@@ -206,8 +205,7 @@ def _flatten(value, prefix: str = "") -> dict:
 
 def published() -> list[dict]:
     """manifests/references.toml: the verified published rows."""
-    text = resources.files("manifests").joinpath("references.toml").read_text()
-    return tomllib.loads(text)["reference"]
+    return avtools_manifests.toml("references.toml")["reference"]
 
 
 def matching_references(row: dict, refs: list[dict]) -> list[dict]:

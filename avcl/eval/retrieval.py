@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from avcl.eval.engine import Engine, register_protocol
-from avcl.eval.knn import top_neighbours
+from avcl.neighbours import top_neighbours
+from avcl.plots import pyplot
 
 VCOP_BATCH = 8
 
 
 @dataclasses.dataclass
-class RetrievalRecipe:
+class RetrievalParams:
     ks: tuple[int, ...] = (1, 5, 10, 20, 50)
     clips: int = 10
     crops: int = 1
@@ -48,31 +49,28 @@ def drop_last_batch(index: np.ndarray) -> np.ndarray:
     return index[:len(index) - len(index) % VCOP_BATCH]
 
 
-@register_protocol("retrieval", RetrievalRecipe, "VCOP/TCGL retrieval: test queries the train gallery, R@1/5/10/20/50")
-def run(engine: Engine, recipe: RetrievalRecipe, folds, modalities) -> list:
+@register_protocol("retrieval", RetrievalParams, "VCOP/TCGL retrieval: test queries the train gallery, R@1/5/10/20/50")
+def run(engine: Engine, params: RetrievalParams, folds, modalities) -> list:
     rows = []
-    for modality, spec, features, fold, gallery, queries in engine.fold_features(recipe, folds, modalities):
+    for modality, spec, features, fold, gallery, queries in engine.fold_features(params, folds, modalities):
         x, y = torch.from_numpy(features.features), torch.from_numpy(features.labels)
-        if recipe.vcop_drop_last:
+        if params.vcop_drop_last:
             gallery, queries = drop_last_batch(gallery), drop_last_batch(queries)
-        rates = hit_rates(x[queries], y[queries], x[gallery], y[gallery], recipe.ks)
+        rates = hit_rates(x[queries], y[queries], x[gallery], y[gallery], params.ks)
         metrics = {f"R@{k}": 100 * v for k, v in rates.items()}
         extra = {"gallery": len(gallery), "queries": len(queries), "layer": spec.layer}
-        if features.thumbs is not None and recipe.figure_queries:
+        if features.thumbs is not None and params.figure_queries:
             path = engine.figure_path(f"retrieval-{engine.dataset.name}-split{fold}-{modality}.png")
-            plot_neighbours(path, features, queries, gallery, x, recipe.figure_queries, engine.class_names())
+            plot_neighbours(path, features, queries, gallery, x, params.figure_queries, engine.class_names())
             extra["figure"] = str(path)
-        rows.append(engine.row(fold, "retrieval", modality, metrics, recipe, spec, **extra))
+        rows.append(engine.row(fold, "retrieval", modality, metrics, params, spec, **extra))
     return rows
 
 
 def plot_neighbours(path, features, queries: np.ndarray, gallery: np.ndarray, x: torch.Tensor, n: int,
                     class_names: list[str], shown: int = 5) -> None:
     """A grid: each row a query's middle frame, then its nearest gallery videos (green: same class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     picks = queries[np.linspace(0, len(queries) - 1, min(n, len(queries))).round().astype(int)]
     _, index = top_neighbours(x[picks], x[gallery], min(shown, len(gallery)))

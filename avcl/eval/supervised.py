@@ -24,12 +24,14 @@ from avcl.data.stream import EvalStream, TrainStream, loader
 from avcl.errors import ConfigError
 from avcl.eval.engine import Engine
 from avcl.eval.encoders import clip_embedder, embedding_dim
-from avcl.eval.features import FeatureSpec, Features, extract, feature_views, stream_config
-from avcl.methods import losses
+from avcl.eval.features import FeatureSpec, feature_views, stream_config
+from avcl.extract import Features, extract
+from avcl.runtime import world
+from avcl.train.optim import build_optimizer
 
 
 @dataclasses.dataclass
-class SupervisedRecipe:
+class SupervisedParams:
     optimizer: str = "adam"  # adam | sgd
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -74,30 +76,30 @@ class Classifier(nn.Module):
         return self.head(features.float())
 
 
-def test_probabilities(engine: Engine, recipe: SupervisedRecipe, fold: str, modality: str) -> Features:
+def test_probabilities(engine: Engine, params: SupervisedParams, fold: str, modality: str) -> Features:
     """Mean softmax over test views of each test sample after training on `fold` (cached like features)."""
     return engine.cached(f"{engine.dataset.name} split {fold} fine-tuned predictions",
-                         lambda: train_and_test(engine, recipe, fold, modality),
+                         lambda: train_and_test(engine, params, fold, modality),
                          "supervised", engine.data_identity, fold, modality,
-                         dataclasses.asdict(recipe), dataclasses.asdict(engine.encoders.config.video))
+                         dataclasses.asdict(params), dataclasses.asdict(engine.encoders.config.video))
 
 
-def train_and_test(engine: Engine, recipe: SupervisedRecipe, fold: str, modality: str) -> Features:
+def train_and_test(engine: Engine, params: SupervisedParams, fold: str, modality: str) -> Features:
     """Train on `fold`'s train samples, return the test Features of mean softmax over views."""
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(params.seed)
     dataset, device = engine.dataset, engine.device
-    model = Classifier(engine, modality, engine.num_classes, recipe.dropout, recipe.freeze_backbone).to(device)
-    world = losses.world()[1]
-    train_stream = _train_stream(engine, recipe, fold, modality, world)
-    augment = engine.augment(FeatureSpec(size=recipe.size), scale=recipe.crop_scale, jitter_p=recipe.jitter_p,
+    model = Classifier(engine, modality, engine.num_classes, params.dropout, params.freeze_backbone).to(device)
+    ranks = world()[1]
+    train_stream = _train_stream(engine, params, fold, modality, ranks)
+    augment = engine.augment(FeatureSpec(size=params.size), scale=params.crop_scale, jitter_p=params.jitter_p,
                              grayscale=0.0)
     forward = nn.parallel.DistributedDataParallel(model, [device.index] if device.type == "cuda" else None) \
-        if world > 1 and not recipe.freeze_backbone else model
-    optimizer = _optimizer(model, recipe)
-    epochs = recipe.epochs or dataset.finetune_epochs
-    milestones = recipe.milestones or dataset.finetune_milestones
+        if ranks > 1 and not params.freeze_backbone else model
+    optimizer = build_optimizer(model, params.optimizer, params.lr, params.momentum, params.weight_decay)
+    epochs = params.epochs or dataset.finetune_epochs
+    milestones = params.milestones or dataset.finetune_milestones
     steps = train_stream.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m * steps for m in milestones], recipe.gamma)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m * steps for m in milestones], params.gamma)
     model.train()
     for epoch in range(epochs):
         train_stream.config.epoch = epoch
@@ -109,36 +111,27 @@ def train_and_test(engine: Engine, recipe: SupervisedRecipe, fold: str, modality
             loss = F.cross_entropy(logits, inputs["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1 and recipe.freeze_backbone:
+            if ranks > 1 and params.freeze_backbone:
                 _average_gradients(model.head)
             optimizer.step()
             scheduler.step()
     model.eval()
-    return _test(engine, recipe, model, fold, modality)
+    return _test(engine, params, model, fold, modality)
 
 
-def _train_stream(engine: Engine, recipe, fold: str, modality: str, world: int) -> TrainStream:
+def _train_stream(engine: Engine, params, fold: str, modality: str, ranks: int) -> TrainStream:
     dataset = engine.dataset
-    if recipe.batch_size % world:
-        raise ConfigError(f"batch_size {recipe.batch_size} must be divisible by the {world} ranks")
+    if params.batch_size % ranks:
+        raise ConfigError(f"batch_size {params.batch_size} must be divisible by the {ranks} ranks")
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "train", engine.splits)]
     videos = dataset.coverage(engine.info, fold, "train")[1]
-    spec = FeatureSpec(modality=modality, clips=1, frames=recipe.frames, fps=recipe.fps, size=recipe.size,
-                       augment_seed=recipe.seed)
+    spec = FeatureSpec(modality=modality, clips=1, frames=params.frames, fps=params.fps, size=params.size,
+                       augment_seed=params.seed)
     views = feature_views(spec, engine.train_views())
-    config = stream_config(recipe.batch_size // world, engine.options.workers)
-    config.seed = recipe.seed
-    return TrainStream(sources, views, config, epoch_samples=videos * recipe.clips_per_video,
+    config = stream_config(params.batch_size // ranks, engine.options.workers)
+    config.seed = params.seed
+    return TrainStream(sources, views, config, epoch_samples=videos * params.clips_per_video,
                        select=dataset.selector(fold, "train", engine.splits))
-
-
-def _optimizer(model: Classifier, recipe: SupervisedRecipe) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    raise ConfigError(f"optimizer must be adam or sgd, not {recipe.optimizer!r}")
 
 
 def _average_gradients(module: nn.Module) -> None:
@@ -160,10 +153,10 @@ def parse_views(views: str) -> tuple[int, int]:
     return clips, crops
 
 
-def _test(engine: Engine, recipe: SupervisedRecipe, model: Classifier, fold: str, modality: str) -> Features:
-    clips, crops = parse_views(recipe.views)
-    spec = FeatureSpec(modality=modality, clips=clips, crops=crops, frames=recipe.frames, fps=recipe.fps,
-                       size=recipe.size)
+def _test(engine: Engine, params: SupervisedParams, model: Classifier, fold: str, modality: str) -> Features:
+    clips, crops = parse_views(params.views)
+    spec = FeatureSpec(modality=modality, clips=clips, crops=crops, frames=params.frames, fps=params.fps,
+                       size=params.size)
     dataset = engine.dataset
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "test", engine.splits)]
     config = stream_config(engine.options.batch_size, engine.options.workers)

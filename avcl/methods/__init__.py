@@ -3,7 +3,6 @@
 Each method is one file, readable top to bottom: its config dataclass (every reconstructed choice a field), its
 modules, and `forward(batch) -> (loss, terms)` on a batch from `avcl.data.augment.DeviceAugment`.
 """
-from avcl.methods import avcl, simclr, tcgl, temporal_av, xmodal  # noqa: F401  (each registers itself)
 from avcl.methods.base import METHODS, Method, build, default_config
 
 names = METHODS.names

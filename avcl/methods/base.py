@@ -23,7 +23,7 @@ from avcl import models
 from avcl.data.views import ViewSpec
 from avcl.registry import Registry
 
-METHODS = Registry("method")
+METHODS = Registry("method", package="avcl.methods")
 
 
 @dataclasses.dataclass

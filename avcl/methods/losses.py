@@ -1,46 +1,14 @@
 """The losses the methods share, computed in float32 whatever the autocast dtype, distributed-aware.
 
-Contrastive candidates are gathered from every rank (`gather`, with gradients flowing back to the rank that
-produced them), so the negatives of a global batch are the same whatever the world size.
+Contrastive candidates are gathered from every rank (`avcl.runtime.gather`, with gradients flowing back to the
+rank that produced them), so the negatives of a global batch are the same whatever the world size.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` from every rank along dim 0, differentiable (each rank's gradient returns to it)."""
-    _, size = world()
-    if size == 1:
-        return x
-    from torch.distributed._functional_collectives import all_gather_single_autograd
-
-    return all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
-
-
-@torch.no_grad()
-def gather_detached(x: torch.Tensor) -> torch.Tensor:
-    _, size = world()
-    if size == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
-
-
-def own_rows(n: int, device) -> torch.Tensor:
-    """Indices of this rank's rows in a gathered batch of n rows per rank."""
-    rank, _ = world()
-    return torch.arange(n, device=device) + rank * n
+from avcl.runtime import gather, own_rows
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,9 @@ from torch import nn
 
 from avcl.data.views import ViewSpec
 from avcl.methods.base import EncoderConfig, Method, build_encoders, detached, flat, register
-from avcl.methods.losses import gather_detached, multi_positive_nce, own_rows, world
+from avcl.methods.losses import multi_positive_nce
 from avcl.models.heads import mlp
+from avcl.runtime import gather_detached, own_rows, world
 
 TASKS = ("speed", "direction", "intra_order", "inter_order")
 TRANSFORMS = ("reverse", "respeed", "shuffle")

@@ -2,7 +2,6 @@
 import torch
 from torch import nn
 
-from avcl.models import audio as _audio  # noqa: F401  (registers the audio backbones)
 from avcl.models.video import BACKBONES
 
 build = BACKBONES.build

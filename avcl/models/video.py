@@ -15,7 +15,7 @@ from torch import nn
 
 from avcl.registry import Registry
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", package="avcl.models")
 
 
 class Conv2Plus1D(nn.Sequential):

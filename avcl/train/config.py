@@ -14,10 +14,10 @@ import json
 import tomllib
 import types
 import typing
-from importlib import resources
 from pathlib import Path
 
 import avcl.methods as methods
+import avtools_manifests
 from avcl.data.audio import MelConfig, SpecAugmentConfig
 from avcl.data.augment import VideoAugmentConfig
 from avcl.errors import ConfigError
@@ -106,17 +106,16 @@ class TrainConfig:
 def preset(method_name: str) -> dict:
     """manifests/presets/<method>.toml as a dict (the published defaults of that method)."""
     methods.METHODS.get(method_name)  # names the valid methods if unknown
-    text = resources.files("manifests").joinpath("presets", f"{method_name}.toml").read_text()
-    return tomllib.loads(text)
+    return avtools_manifests.toml(f"presets/{method_name}.toml")
 
 
 def named_preset(name: str) -> dict:
     """manifests/presets/named/<name>.toml (sections for training, and [protocol] for evaluation)."""
-    folder = resources.files("manifests").joinpath("presets", "named")
+    folder = avtools_manifests.path("presets/named")
     available = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
     if name not in available:
         raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(available)}")
-    return tomllib.loads(folder.joinpath(f"{name}.toml").read_text())
+    return avtools_manifests.toml(f"presets/named/{name}.toml")
 
 
 def applicable(method_name: str, values: dict) -> dict:

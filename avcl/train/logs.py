@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from avcl.plots import pyplot
 from avcl.progress import Progress
 from avcl.storage import RunFolder
 from avcl.train.config import ConfigError, TrainConfig
@@ -109,10 +110,7 @@ def plot_curves(folder: RunFolder) -> Path | None:
     keys = sorted({k for r in records for k in r if k not in ("step", "time")})
     if not keys:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = 4
     rows = -(-len(keys) // columns)

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -33,53 +32,23 @@ from avcl.data.sources import SourceError, open_url, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
 from avcl.data.views import eval_spec, run_spec
 from avcl.errors import UserError
-from avcl.machine import check_device, loader_workers
-from avcl.storage import RunFolder
+from avcl.extract import extract
+from avcl.machine import loader_workers
 from avcl.methods.base import Method, flat
-from avcl.eval.features import extract
-from avcl.eval.knn import leave_one_out_accuracy
+from avcl.neighbours import leave_one_out_accuracy
+from avcl.runtime import AUTOCAST, Context, setup
+from avcl.storage import RunFolder
 from avcl.train import checkpoint
 from avcl.train.config import TrainConfig, compact
 from avcl.train.logs import METRICS, RunLog, plot_curves
+from avcl.train.optim import build_optimizer, build_scheduler
 
 
 class TrainingError(UserError):
     """A run cannot start or go on; the message says why and what to do."""
 
 
-@dataclasses.dataclass
-class Context:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(device: str) -> Context:
-    """Device and process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); 1 process without."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    kind, _, index = check_device(device).partition(":")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {device}, but no CUDA device is visible; use --device cpu or auto")
-    if index and int(index) >= torch.cuda.device_count():
-        raise TrainingError(f"--device {device}, but {torch.cuda.device_count()} CUDA device(s) are visible")
-    use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
-    local = int(index) if index else int(os.environ.get("LOCAL_RANK", 0))
-    target = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(target)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Context(rank, world, target)
-
-
 CONFIG = "config.json"
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def for_device(config: TrainConfig, device: torch.device) -> TrainConfig:
@@ -133,7 +102,8 @@ class Trainer:
             raise TrainingError(f"run.precision must be one of {', '.join(AUTOCAST)}, not {run.precision!r}")
         self.autocast = AUTOCAST[run.precision]
         self.lr = optim.lr * config.data.batch_size / optim.base_batch
-        self.optimizer = build_optimizer(self.method, optim, self.lr)
+        self.optimizer = build_optimizer(self.method, optim.name, self.lr, optim.momentum, optim.weight_decay,
+                                         optim.decay_norm_and_bias)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=run.precision == "fp16")
         self.scheduler = None
 
@@ -225,41 +195,6 @@ class NonFiniteLoss(TrainingError):
     def __init__(self, step: int, loss: float, terms: str):
         self.step, self.loss, self.terms = step, loss, terms
         super().__init__(f"loss is {loss} at step {step} ({terms})")
-
-
-def build_optimizer(method: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and kernels only, unless `decay_norm_and_bias`."""
-    params = [p for p in method.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1 or cfg.decay_norm_and_bias]
-    no_decay = [p for p in params if not (p.ndim > 1 or cfg.decay_norm_and_bias)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    if cfg.name in ("adam", "adamw"):
-        return (torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW)(groups, lr=lr)
-    raise TrainingError(f"optim.name must be sgd, adam or adamw, not {cfg.name!r}")
-
-
-def build_scheduler(optimizer, cfg, total_steps: int, steps_per_epoch: int):
-    """Per-step linear warm-up then cosine to min_lr (or constant); plateau steps once per epoch on its loss."""
-    if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.plateau_factor,
-                                                          patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-    if cfg.schedule not in ("cosine", "constant"):
-        raise TrainingError(f"optim.schedule must be cosine, plateau or constant, not {cfg.schedule!r}")
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    base = optimizer.param_groups[0]["lr"]
-    floor = cfg.min_lr / base if base else 0.0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
@@ -389,13 +324,13 @@ def _micro_batch(batch: int, world: int, accumulate: int) -> int:
     return batch // (world * accumulate)
 
 
-def _sources(specs: list[str], split: str):
+def _sources(given: list[str], split: str):
     """Resolve and open the first shard of each source now, so a bad URL fails in seconds, naming itself."""
     try:
-        sources = resolve_all(specs, split)
+        sources = resolve_all(given, split)
         for source in sources:
             if not source.urls:
-                raise SourceError(f"{source.spec}: no shards")
+                raise SourceError(f"{source.given}: no shards")
             if not source.urls[0].startswith("pipe:"):
                 with open_url(source.urls[0]) as f:
                     if not f.read(512):

@@ -15,22 +15,21 @@ import csv
 import dataclasses
 import gzip
 import hashlib
-import importlib
 import io
 import math
 import os
 import re
-import tomllib
 import urllib.request
-from importlib import resources
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
+import avtools_manifests
 from avcl.errors import UserError
+from avcl.registry import Registry
 from avcl.storage import cache_dir
 
-RECIPES: dict[str, Callable] = {}
-_MODULES = ("kinetics", "ucf101", "hmdb51", "esc50", "vggsound", "folder", "demo")
+RECIPES = Registry("dataset recipe", package="avtools.recipes")
+MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wav", ".flac", ".mp3", ".ogg", ".m4a")
 
 
 @dataclasses.dataclass
@@ -111,17 +110,12 @@ class RecipeError(UserError):
     """A problem with the dataset's inputs that stops the build before it starts (names the bad input)."""
 
 
-def recipe(name: str):
-    def register(fn):
-        RECIPES[name] = fn
-        return fn
-
-    return register
+recipe = RECIPES.register
 
 
 def definitions() -> dict[str, dict]:
     """manifests/datasets.toml as {dataset name: definition}."""
-    return tomllib.loads(manifest_text("datasets.toml"))
+    return avtools_manifests.datasets()
 
 
 def build_defaults(dataset: str) -> dict:
@@ -129,8 +123,7 @@ def build_defaults(dataset: str) -> dict:
     return dict(definitions().get(dataset, {}).get("build", {}))
 
 
-def manifest_text(relative: str) -> str:
-    return resources.files("manifests").joinpath(relative).read_text()
+manifest_text = avtools_manifests.text
 
 
 def manifest_rows(text: str) -> list[dict]:
@@ -168,10 +161,8 @@ def plan(dataset: str, options: RecipeOptions) -> Plan:
     if dataset not in defs:
         raise RecipeError(f"unknown dataset {dataset!r}; choose one of: {', '.join(defs)}")
     definition = dict(defs[dataset], name=dataset)
-    for module in _MODULES:
-        importlib.import_module(f"avtools.recipes.{module}")
     try:
-        made = RECIPES[definition["recipe"]](definition, options)
+        made = RECIPES.get(definition["recipe"])(definition, options)
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{dataset}: an annotation file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     checked = []

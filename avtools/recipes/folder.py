@@ -8,8 +8,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from avtools.fetch import MEDIA_SUFFIXES
-from avtools.recipes import Clip, Plan, RecipeError, RecipeOptions, recipe
+from avtools.recipes import MEDIA_SUFFIXES, Clip, Plan, RecipeError, RecipeOptions, recipe
 
 SPLIT_FOLDERS = ("train", "val", "test")
 

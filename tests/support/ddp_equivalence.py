@@ -19,7 +19,8 @@ import torch.nn.functional as F  # noqa: E402
 from avcl.methods.base import EncoderConfig, Method, detached, flat, register  # noqa: E402
 from avcl.methods.losses import symmetric_info_nce  # noqa: E402
 from avcl.train.config import TrainConfig, from_dict  # noqa: E402
-from avcl.train.loop import Trainer, setup  # noqa: E402
+from avcl.runtime import setup  # noqa: E402
+from avcl.train.loop import Trainer  # noqa: E402
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from importlib import resources
 
+import avtools_manifests
 from avcl.errors import UserError
 from avtools.recipes import manifest_rows
 
@@ -164,8 +165,7 @@ def manifest_csv(rows: list[dict], columns: list[str], comment: str) -> str:
 def regenerate_ks100(write: bool = True) -> list[str]:
     """Re-select KS100 v2 from the mapping table; write the frozen files if `write`. Returns the files that
     differ (before writing) from what the rule gives."""
-    root = resources.files("manifests")
-    read = lambda relative: root.joinpath(relative).read_text()
+    read = avtools_manifests.text
     vggsound_clips = {row[0]: int(row[1]) for row in csv.reader(io.StringIO(read(VGGSOUND)))}
     val_clips = {row["kinetics_class"]: int(row["val_clips"]) for row in manifest_rows(read(VAL_COUNTS))}
     selection = select_ks100(read_mapping(read(MAPPING)), vggsound_clips, val_clips)
@@ -174,9 +174,9 @@ def regenerate_ks100(write: bool = True) -> list[str]:
                                     "Kinetics-400 classes considered for Kinetics-Sounds100 v2 and left out, "
                                     "with the reason (rule: ks100_v2.csv).")}
     changed = [relative for relative, text in texts.items()
-               if not root.joinpath(relative).is_file() or read(relative) != text]
+               if not avtools_manifests.path(relative).is_file() or read(relative) != text]
     if write:
         for relative in changed:
-            with resources.as_file(root.joinpath(relative)) as path:
+            with resources.as_file(avtools_manifests.path(relative)) as path:
                 path.write_text(texts[relative])
     return changed
