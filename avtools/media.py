@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from avtools.reasons import ClipError
+from avtools.stages import Stages
 
 EPS = 1e-4
 
@@ -96,30 +99,50 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, 2 * round(width * scale / 2)), short_side
 
 
+@dataclasses.dataclass
+class Window:
+    """What to decode: [t0, t1) seconds of file time (t1=None: to the end), at `fps`, `short_side` and
+    `audio_rate`; `threads` decoder threads (0: FFmpeg's choice, one per core)."""
+    t0: float
+    t1: float | None
+    fps: float
+    short_side: int
+    audio_rate: int
+    want_video: bool = True
+    want_audio: bool = True
+    threads: int = 0
+
+
 def decode_window(path: str, t0: float, t1: float | None, *, fps: float, short_side: int, audio_rate: int,
-                  want_video: bool = True, want_audio: bool = True) -> DecodedClip:
-    """Decode [t0, t1) seconds of `path` (file time; t1=None means to the end) in one pass."""
+                  want_video: bool = True, want_audio: bool = True, threads: int = 0,
+                  stages: Stages | None = None) -> DecodedClip:
+    """Decode [t0, t1) seconds of `path` (file time; t1=None means to the end) in one pass, adding the time of
+    each step to `stages`."""
+    window = Window(t0, t1, fps, short_side, audio_rate, want_video, want_audio, threads)
     try:
         with av.open(path) as container:
             info = _probe(container)
-            return _decode(container, info, t0, t1, fps, short_side, audio_rate, want_video, want_audio)
+            return _decode(container, info, window, stages if stages is not None else Stages())
     except av.error.FFmpegError as exc:
         raise ClipError("corrupt", f"decoding failed: {exc}") from exc
 
 
-def _decode(container, info: Probe, t0, t1, fps, short_side, audio_rate, want_video, want_audio) -> DecodedClip:
-    video = _best(container, "video") if want_video else None
-    audio = _best(container, "audio") if want_audio else None
+def _decode(container, info: Probe, window: Window, stages: Stages) -> DecodedClip:
+    t0, t1, fps = window.t0, window.t1, window.fps
+    video = _best(container, "video") if window.want_video else None
+    audio = _best(container, "audio") if window.want_audio else None
     streams = [s for s in (video, audio) if s is not None]
     if not streams:
-        raise ClipError("no_video" if want_video else "no_audio")
+        raise ClipError("no_video" if window.want_video else "no_audio")
     for s in streams:
         s.thread_type = "AUTO"
+        s.codec_context.thread_count = window.threads
     origin = container.start_time / av.time_base if container.start_time and container.start_time > 0 else 0.0
     if t0 > 1.0:
         container.seek(int((origin + t0 - 1.0) * av.time_base), backward=True)
-    frames = _FramePicker(t0, t1, fps, short_side) if video is not None else None
-    sound = _AudioCutter(t0, audio_rate) if audio is not None else None
+    frames = _FramePicker(t0, t1, fps, window.short_side, stages) if video is not None else None
+    sound = _AudioCutter(t0, window.audio_rate, stages) if audio is not None else None
+    started, inner = time.perf_counter(), stages["scale"] + stages["resample"]
     for packet in container.demux(streams):
         for frame in packet.decode():
             t = frame.time - origin if frame.time is not None else None
@@ -132,6 +155,7 @@ def _decode(container, info: Probe, t0, t1, fps, short_side, audio_rate, want_vi
         if video_done and audio_done:
             break
     pictures = frames.finish() if frames is not None else []
+    stages["decode"] += time.perf_counter() - started - (stages["scale"] + stages["resample"] - inner)
     if video is not None and not pictures:
         raise ClipError("corrupt", "no video frame decoded in the requested window")
     if pictures:
@@ -139,19 +163,20 @@ def _decode(container, info: Probe, t0, t1, fps, short_side, audio_rate, want_vi
     else:
         span = (t1 if t1 is not None else sound.end_time) - t0
     samples = sound.finish(span) if sound is not None else None
-    return DecodedClip(pictures, samples, fps, audio_rate, info)
+    return DecodedClip(pictures, samples, fps, window.audio_rate, info)
 
 
 class _FramePicker:
     """Applies the frame-time rule to decoded frames arriving in presentation order."""
 
-    def __init__(self, t0: float, t1: float | None, fps: float, short_side: int):
-        self.t0, self.t1, self.fps, self.short_side = t0, t1, fps, short_side
+    def __init__(self, t0: float, t1: float | None, fps: float, short_side: int, stages: Stages):
+        self.t0, self.t1, self.fps, self.short_side, self.stages = t0, t1, fps, short_side, stages
         self.limit = math.floor((t1 - t0) * fps + EPS) if t1 is not None else None
         self.out: list[np.ndarray] = []
         self.current = None  # (frame, time)
         self.current_rgb = None
         self.last_duration = 1.0 / fps
+        self.reformatter = VideoReformatter()  # keeps its scaler: `frame.reformat` builds one per call, 3x slower
 
     @property
     def done(self) -> bool:
@@ -179,21 +204,25 @@ class _FramePicker:
     def _emit(self, current) -> None:
         """Append the RGB of `current`; the frame on screen is converted once however often it repeats."""
         if current is not self.current:
-            self.out.append(_to_rgb(current[0], self.short_side))
+            self.out.append(self._rgb(current[0]))
             return
         if self.current_rgb is None:
-            self.current_rgb = _to_rgb(current[0], self.short_side)
+            self.current_rgb = self._rgb(current[0])
         self.out.append(self.current_rgb)
 
+    def _rgb(self, frame) -> np.ndarray:
+        with self.stages.timing("scale"):
+            return _to_rgb(frame, self.short_side, self.reformatter)
 
-def _to_rgb(frame, short_side: int) -> np.ndarray:
+
+def _to_rgb(frame, short_side: int, reformatter: VideoReformatter) -> np.ndarray:
     rotation = int(getattr(frame, "rotation", 0) or 0) % 360
     width, height = frame.width, frame.height
     if rotation in (90, 270):
         out_h, out_w = output_size(height, width, short_side)
     else:
         out_w, out_h = output_size(width, height, short_side)
-    rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()
+    rgb = reformatter.reformat(frame, width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()
     if rotation:
         rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
     return rgb
@@ -202,8 +231,8 @@ def _to_rgb(frame, short_side: int) -> np.ndarray:
 class _AudioCutter:
     """Resamples to mono int16 and remembers the time of the first sample, to cut a window afterwards."""
 
-    def __init__(self, t0: float, rate: int):
-        self.t0, self.rate = t0, rate
+    def __init__(self, t0: float, rate: int, stages: Stages):
+        self.t0, self.rate, self.stages = t0, rate, stages
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
         self.chunks: list[np.ndarray] = []
         self.first_time: float | None = None
@@ -216,8 +245,9 @@ class _AudioCutter:
     def push(self, frame, t: float | None) -> None:
         if self.first_time is None:
             self.first_time = t if t is not None else 0.0
-        for out in self.resampler.resample(frame):
-            self._add(out)
+        with self.stages.timing("resample"):
+            for out in self.resampler.resample(frame):
+                self._add(out)
 
     def _add(self, out) -> None:
         data = out.to_ndarray().reshape(-1)

@@ -50,6 +50,8 @@ def print_summary(console: Console, result) -> None:
     rate = result.processed / result.seconds if result.seconds else 0.0
     console.print(f"this run: {result.ok} ok, {result.failed} failed in {result.seconds:.1f}s ({rate:.2f} clips/s)"
                   + (" [yellow](interrupted: rerun the same command to continue)[/yellow]" if result.interrupted else ""))
+    if result.ok:
+        console.print(f"time {result.stages.describe(result.ok)}", soft_wrap=True)
 
 
 def print_annotations(console: Console, annotations: dict) -> None:

@@ -19,6 +19,7 @@ from avtools import media
 from avtools.fetch import Fetched
 from avtools.reasons import ClipError
 from avtools.recipes import Clip
+from avtools.stages import Stages
 
 
 NATIVE = "native"
@@ -54,14 +55,20 @@ class Sample:
     split: str
     meta: dict
     members: list[tuple[str, bytes]]
+    stages: Stages = dataclasses.field(default_factory=Stages)  # seconds per stage spent making it
 
     @property
     def nbytes(self) -> int:
         return sum(len(data) for _, data in self.members)
 
 
-def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sample:
-    info = media.probe(fetched.path)
+def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings, *, decoder_threads: int = 0,
+                stages: Stages | None = None) -> Sample:
+    """The shard sample of `clip` from its fetched media; `decoder_threads` 0 lets FFmpeg choose (one per core),
+    `stages` receives the time of each step."""
+    stages = stages if stages is not None else Stages()
+    with stages.timing("decode"):
+        info = media.probe(fetched.path)
     want_video = not clip.audio_only
     if not info.has_video and not info.has_audio:
         raise ClipError("corrupt", f"{fetched.path} has neither a video nor an audio stream (truncated, or not media)")
@@ -74,7 +81,8 @@ def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sa
     # decode before judging the audio: a corrupt file is reported as corrupt, whatever else it lacks
     decoded = media.decode_window(fetched.path, t0, t1, fps=settings.output_fps(info.fps),
                                   short_side=settings.short_side, audio_rate=settings.audio_rate,
-                                  want_video=want_video, want_audio=info.has_audio)
+                                  want_video=want_video, want_audio=info.has_audio, threads=decoder_threads,
+                                  stages=stages)
     if not info.has_audio and (clip.audio_only or settings.av_filters):
         raise ClipError("no_audio", f"{fetched.path} has no audio stream")
     if decoded.duration < settings.min_duration:
@@ -84,17 +92,20 @@ def make_sample(clip: Clip, fetched: Fetched, settings: TranscodeSettings) -> Sa
         level = media.loudness_db(decoded.audio)
         if level <= settings.silence_db:
             raise ClipError("silent_audio", f"audio RMS {level:.1f} dBFS <= --silence-db {settings.silence_db}")
-    return encode_sample(clip, decoded, settings, source=fetched.source)
+    return encode_sample(clip, decoded, settings, source=fetched.source, stages=stages)
 
 
-def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSettings, source: str) -> Sample:
+def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSettings, source: str,
+                  stages: Stages | None = None) -> Sample:
+    stages = stages if stages is not None else Stages()
     frames, video = None, None
-    if decoded.frames:
-        if settings.frames == "mp4":
+    with stages.timing("jpeg"):
+        if decoded.frames and settings.frames == "mp4":
             video = encode_mp4(decoded.frames, decoded.fps, settings.gop)
-        else:
+        elif decoded.frames:
             frames = [encode_jpeg(rgb, settings.jpeg_quality) for rgb in decoded.frames]
-    audio = schema.wav_bytes(decoded.audio, settings.audio_rate) if decoded.audio is not None else None
+    with stages.timing("wav"):
+        audio = schema.wav_bytes(decoded.audio, settings.audio_rate) if decoded.audio is not None else None
     height, width = decoded.frames[0].shape[:2] if decoded.frames else (0, 0)
     start = clip.start or 0.0
     meta = {
@@ -110,7 +121,7 @@ def encode_sample(clip: Clip, decoded: media.DecodedClip, settings: TranscodeSet
         **clip.extra,
     }
     key = schema.sample_key(clip.clip_id)
-    return Sample(key, clip.split, meta, schema.members(key, meta, audio, frames, video))
+    return Sample(key, clip.split, meta, schema.members(key, meta, audio, frames, video), stages)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:

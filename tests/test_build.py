@@ -210,3 +210,5 @@ def test_demo_dataset_builds_offline(tmp_path):
     info = json.loads((tmp_path / "demo" / "dataset.json").read_text())
     assert info["complete"] and info["counts"]["available"] == info["counts"]["total"] == 32
     assert len(read_dataset(tmp_path / "demo")) == 32
+    account = next(line for line in result.output.splitlines() if line.startswith("time per clip in a worker:"))
+    assert all(f"{stage} " in account for stage in ("fetch", "decode", "scale", "resample", "jpeg", "write", "wait"))

@@ -115,3 +115,30 @@ def test_mp4_frame_storage_round_trips(timecoded):
     as_read = {schema.split_member(name)[1]: data for name, data in sample.members} | {"__key__": sample.key}
     sheet = sheet_frames(as_read, sample.meta)  # the dataset card's contact sheet decodes the mp4
     assert len(sheet) == SHEET_FRAMES and frame_index(sheet[-1]) == frame_index(frames[-1].to_ndarray(format="rgb24"))
+
+
+class _ScalerPerFrame:
+    """The path before the fast one: `VideoFrame.reformat`, which builds a new scaler at every call."""
+
+    @staticmethod
+    def reformat(frame, **settings):
+        return frame.reformat(**settings)
+
+
+@pytest.mark.parametrize("name,t0,t1", [("moviepy_video_with_failing_audio.mp4", 0.5, 3.0),
+                                        ("decord_video_90.mov", 0.0, None)])  # rotated
+def test_the_fast_path_decodes_exactly_what_the_plain_path_did(name, t0, t1, monkeypatch):
+    """One scaler kept per clip and one decoder thread per worker (the builder's fast path) give the same pixels
+    and samples as a scaler built per frame with FFmpeg's own thread count (the path before it)."""
+    from avtools.stages import Stages
+
+    path, stages = str(MEDIA / name), Stages()
+    fast = media.decode_window(path, t0, t1, fps=16, short_side=128, audio_rate=16000, threads=1, stages=stages)
+    monkeypatch.setattr(media, "VideoReformatter", _ScalerPerFrame)
+    plain = media.decode_window(path, t0, t1, fps=16, short_side=128, audio_rate=16000, threads=0)
+    assert len(fast.frames) == len(plain.frames) > 0
+    for ours, theirs in zip(fast.frames, plain.frames):
+        np.testing.assert_array_equal(ours, theirs)
+    if plain.audio is not None:
+        np.testing.assert_array_equal(fast.audio, plain.audio)
+    assert stages["decode"] > 0 and stages["scale"] > 0
