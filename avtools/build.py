@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import tempfile
 import threading
@@ -133,6 +134,8 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     if progress is not None:
         progress.start(len(todo), len(mine) - len(todo))
     interrupted, stages, loop_started = False, Stages(), time.perf_counter()
+    workroot = _download_folder()
+    options = dataclasses.replace(options, fetch=dataclasses.replace(options.fetch, workroot=workroot))
     try:
         with _sigterm_interrupts(), contextlib.closing(_run(todo, options)) as outcomes:
             for clip, outcome in outcomes:  # an error here closes the generator, which stops the pool at once
@@ -147,9 +150,11 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
         with stages.timing("write"):
             writer.close()
             ledger.flush()
+            ledger.compact(lambda name: belongs_to(name, tag, splits))
+        shutil.rmtree(workroot, ignore_errors=True)
         if progress is not None:
             progress.stop()
-    rows = ledger.load()
+    rows = ledger.refresh()  # with what other partitions committed meanwhile
     annotations = {"rows_rejected": len(planned.rejected), "rows_of_other_classes": planned.other_classes,
                    "duplicate_rows": duplicates, "conflicting_duplicates": len(conflicts),
                    "rejected": [f"{where}: {why}" for where, why in planned.rejected[:20]], "conflicts": conflicts[:20]}
@@ -328,6 +333,26 @@ def _process(clip: Clip):
     if fetched is not None:  # name the clip's source, not the temporary file it was read from
         error = ClipError(error.reason, error.message.replace(fetched.path, redact(fetched.source)))
     return None, error, fetched.bytes_downloaded if fetched else 0, time.time() - started
+
+
+def _download_folder() -> str:
+    """A temporary folder for this build's downloads, removed at its end with whatever killed workers left in
+    it; the folders of builds whose process is gone (killed with SIGKILL) are removed first."""
+    for folder in Path(tempfile.gettempdir()).glob("avtools-build-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"avtools-build-{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _staging_dir(store, out: str) -> Path:

@@ -121,7 +121,8 @@ def build_dataset(
                                                      "of YouTube clips (CVDF <ytid>_<start>_<end>.mp4 or <ytid>.mp4)."),
     annotations: Optional[List[str]] = typer.Option(None, help="Annotation file(s), path or URL, instead of the "
                                                                "official ones (repeat for several)."),
-    kinetics: int = typer.Option(400, help="Kinetics release of the annotations: 400, 600 or 700."),
+    kinetics: Optional[int] = typer.Option(None, help="Kinetics release of the annotations: 400, 600 or 700 "
+                                                     "(default: the dataset's own; Kinetics-Sounds is defined on 400)."),
     ks100_version: Optional[int] = typer.Option(None, help="kinetics-sounds100: the class list version, 2 "
                                                            "(default) or 1 (the same as kinetics-sounds100-v1)."),
     split: Optional[List[str]] = typer.Option(None, help="Only these splits (repeatable)."),

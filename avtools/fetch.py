@@ -48,6 +48,7 @@ class FetchOptions:
     retry_wait: float = 5.0  # first backoff; doubles each attempt
     socket_timeout: float = 30.0
     ffmpeg: Path | None = None  # a system ffmpeg; default: the one from imageio-ffmpeg
+    workroot: str | None = None  # where downloads are written (a build's own folder, removed at its end)
 
 
 @dataclasses.dataclass
@@ -107,7 +108,7 @@ class Fetcher:
         import yt_dlp
         from yt_dlp.utils import download_range_func
 
-        workdir = tempfile.mkdtemp(prefix="avtools-fetch-")
+        workdir = tempfile.mkdtemp(prefix="avtools-fetch-", dir=self.options.workroot)
         section_start = max(0.0, (clip.start or 0.0) - self.options.pad)
         params = self._ytdlp_params(workdir)
         if clip.end is not None:

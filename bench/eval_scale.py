@@ -10,6 +10,9 @@
    its published width, 10x16x112x112 clips per video and fewer: peak RSS with clips through the encoder in
    blocks of 16 (EvalOptions.max_clips on CPU), against the whole batch at once (max_clips = 10,000), one loader-free
    process each (`--workers 0`).
+3. The feature cache of a UCF101-sized evaluation (13,320 videos, 101 classes, 512-d features, 48 px thumbnails,
+   the three official folds): its size on disk, then, in a fresh process, its load time and peak RSS and the kNN
+   protocol (k = 20) on fold 1 from it (`--cache-videos`).
 Appends a section to BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -72,6 +75,44 @@ def run_neighbours(kind: str, bank: int, queries: int) -> dict:
     metrics.update({f"R@{k}": 100 * float(same[:, :k].any(1).float().mean()) for k in (1, 5, 10, 20, 50)})
     return {"kind": kind, "seconds": time.time() - started, "peak_gb": peak_gb(), "metrics": metrics,
             "index_digest": int(index[:, :50].sum())}
+
+
+def write_feature_cache(path: str, videos: int) -> dict:
+    """A cache file as `avtools eval` writes it for a UCF101-sized set (synthetic features); its bytes."""
+    import numpy as np
+
+    from avcl.extract import THUMB, Features
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(videos) % 101
+    folds = rng.integers(0, 2, (videos, 3)).astype(np.int64)  # 0 train, 1 test in each official split
+    centres = rng.normal(0, 1, (101, 512)).astype(np.float32)
+    Features(keys=np.array(sorted(f"v_Class{label:03d}_g{i % 25 + 1:02d}_c{i:05d}" for i, label in enumerate(labels))),
+             labels=labels, folds=folds,
+             features=centres[labels] + rng.normal(0, 2, (videos, 512)).astype(np.float32),
+             thumbs=rng.integers(0, 256, (videos, THUMB, THUMB, 3), dtype=np.uint8),
+             splits=np.array(["video"] * videos)).save(Path(path))
+    return {"bytes": Path(path).stat().st_size}
+
+
+def load_feature_cache(path: str) -> dict:
+    """Load the cache file and run kNN (k = 20) on fold 1 from it, in this process; times and peak RSS."""
+    import torch
+
+    from avcl.extract import Features
+    from avcl.neighbours import knn_predict
+
+    torch.set_num_threads(2)
+    started = time.time()
+    cached = Features.load(Path(path))
+    loaded = time.time() - started
+    train, test = cached.folds[:, 0] == 0, cached.folds[:, 0] == 1
+    bank, queries = (torch.nn.functional.normalize(torch.from_numpy(cached.features[m]), dim=1) for m in (train, test))
+    started = time.time()
+    predicted = knn_predict(bank, torch.from_numpy(cached.labels[train]), queries, 101, k=20)
+    knn = time.time() - started
+    top1 = float((predicted.numpy() == cached.labels[test]).mean())
+    return {"load_s": loaded, "knn_s": knn, "top1": top1, "peak_gb": peak_gb(), "videos": len(cached)}
 
 
 def peak_gb() -> float:
@@ -141,23 +182,42 @@ def seconds(result: dict) -> str:
     return "-" if "failed" in result else f"{result['seconds']:.0f}"
 
 
+def neighbour_lines(args) -> list[str]:
+    neighbours = [in_subprocess("run_neighbours", kind, args.bank, args.queries) for kind in ("stable-top-k", "full-sort")]
+    same = "failed" in neighbours[1] or (neighbours[0]["index_digest"] == neighbours[1]["index_digest"]
+                                         and neighbours[0]["metrics"] == neighbours[1]["metrics"])
+    return [f"kNN (k = 1, 20, 200) and retrieval (R@1-50), {args.bank:,} gallery x {args.queries:,} queries x 512-d,"
+            f" 309 classes, many exact ties; the same neighbours and metrics both ways (where both ran): {same}", "",
+            "| neighbour search | peak RSS GB | seconds |", "|---|---|---|",
+            *(f"| {kind} | {peak(n)} | {seconds(n)} |" for kind, n in zip(("stable-top-k", "full-sort"), neighbours))]
+
+
+def cache_lines(videos: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "features.npz")
+        written = in_subprocess("write_feature_cache", path, videos)
+        run = in_subprocess("load_feature_cache", path)
+    return ["", f"feature cache of a UCF101-sized evaluation: {videos:,} videos x 512-d float32 + 48 px thumbnails, "
+            "one .npz as `avtools eval` writes it; loaded in a fresh process, then kNN (k = 20) on fold 1", "",
+            "| cache on disk MB | load s | kNN fold 1 s | peak RSS GB | kNN top-1 (synthetic) |", "|---|---|---|---|---|",
+            f"| {written['bytes'] / 1e6:.0f} | {run['load_s']:.2f} | {run['knn_s']:.2f} | {run['peak_gb']:.2f} | "
+            f"{run['top1']:.3f} |"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bank", type=int, default=184554)
     parser.add_argument("--queries", type=int, default=15446)
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--clips", type=int, nargs="+", default=[2, 5, 10])
-    parser.add_argument("--skip-eval", action="store_true", help="only the kNN / retrieval part")
+    parser.add_argument("--skip-eval", action="store_true", help="leave out the UCF101 linear evaluation (part 2)")
+    parser.add_argument("--skip-neighbours", action="store_true", help="leave out the VGG-Sound-sized kNN (part 1)")
+    parser.add_argument("--cache-videos", type=int, default=13320, help="videos of the feature cache (part 3; 0: skip)")
     args = parser.parse_args()
     lines = [f"### evaluation memory at scale ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{__import__('os').cpu_count()} cores, CPU, peak RSS per process)", ""]
-    neighbours = [in_subprocess("run_neighbours", kind, args.bank, args.queries) for kind in ("stable-top-k", "full-sort")]
-    same = "failed" in neighbours[1] or (neighbours[0]["index_digest"] == neighbours[1]["index_digest"]
-                                         and neighbours[0]["metrics"] == neighbours[1]["metrics"])
-    lines += [f"kNN (k = 1, 20, 200) and retrieval (R@1-50), {args.bank:,} gallery x {args.queries:,} queries x 512-d,"
-              f" 309 classes, many exact ties; the same neighbours and metrics both ways (where both ran): {same}", "",
-              "| neighbour search | peak RSS GB | seconds |", "|---|---|---|"]
-    lines += [f"| {kind} | {peak(n)} | {seconds(n)} |" for kind, n in zip(("stable-top-k", "full-sort"), neighbours)]
+    if not args.skip_neighbours:
+        lines += neighbour_lines(args)
     if not args.skip_eval:
         with tempfile.TemporaryDirectory() as tmp:
             source, lists = write_ucf_layout(Path(tmp), args.videos)
@@ -173,6 +233,8 @@ def main() -> None:
         blocks = [16] * len(args.clips) + [10_000]
         lines += [f"| {clips} | {'whole batch' if block >= 10_000 else block} | {peak(r)} | {seconds(r)} |"
                   for clips, block, r in zip([*args.clips, max(args.clips)], blocks, runs)]
+    if args.cache_videos:
+        lines += cache_lines(args.cache_videos)
     text = "\n".join(lines) + "\n"
     print(text)
     with open(ROOT / "BENCHMARKS.md", "a") as out:

@@ -11,9 +11,9 @@ find_links=()
 [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 "$pip" install -q "${find_links[@]}" torch==2.13.0
 "$pip" install -q --no-deps video2dataset==1.3.0 torchdata==0.7.1 decord
-"$pip" install -q "${find_links[@]}" torch==2.13.0 "numpy<2" "pyarrow<17" "fire<0.6" "setuptools<70" webvtt-py fsspec \
+"$pip" install -q "${find_links[@]}" torch==2.13.0 "numpy<2" "pyarrow<17" "fire<0.6" "setuptools<81" webvtt-py fsspec \
     pandas tqdm requests yt-dlp webdataset ffmpeg-python imageio-ffmpeg wandb==0.15.12 langdetect einops timm \
-    scenedetect "opencv-python-headless<4.11" "transformers==4.36.2"
+    scenedetect "opencv-python-headless<4.11" "transformers==4.36.2" omegaconf
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 mkdir -p "$site/torchaudio"
 echo '"""Empty stand-in (see bench/video2dataset_venv.sh)."""' > "$site/torchaudio/__init__.py"

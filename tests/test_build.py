@@ -212,3 +212,43 @@ def test_demo_dataset_builds_offline(tmp_path):
     assert len(read_dataset(tmp_path / "demo")) == 32
     account = next(line for line in result.output.splitlines() if line.startswith("time per clip in a worker:"))
     assert all(f"{stage} " in account for stage in ("fetch", "decode", "scale", "resample", "jpeg", "write", "wait"))
+
+
+def test_ledger_parts_are_compacted_and_read_the_same(tmp_path):
+    """Many resumed runs leave many failure parts; compaction merges this partition's parts into one, the settled
+    rows stay exactly what they were, other partitions' parts and the annotation part are left alone, and a run
+    killed between writing the merged part and deleting the old ones reads the same."""
+    from avcl.storage import LocalStore
+    from avtools.ledger import COMPACT_ABOVE, Ledger, LedgerRow
+    from avtools.shards import belongs_to
+
+    store = LocalStore(tmp_path / "out")
+    ledger = Ledger(store, "")
+    for seq in range(3):
+        ledger.commit_shard(f"train-{seq:06d}.tar", [LedgerRow(f"ok{seq}-{i}", "train", "a", "ok", shard=f"train-{seq:06d}.tar")
+                                                     for i in range(5)])
+    for run in range(COMPACT_ABOVE):
+        ledger.run = f"20260101-{run:06d}"
+        ledger.add(LedgerRow(f"bad{run % 7}", "train", "a", "failed", "network", "timed out", retryable=True,
+                             finished_at=float(run)))
+        ledger.flush()
+    ledger.add(LedgerRow("ok0-0", "train", "a", "failed", "network", "", retryable=True, finished_at=1e12))
+    ledger.flush()  # a later failure never overrides an ok row
+    Ledger(store, "007-").commit_shard("train-007-000000.tar", [LedgerRow("other", "train", "a", "ok")])
+    ledger.write_annotations([LedgerRow("ann.csv:3", "", None, "skipped", "bad_annotation", "why")])
+    before = {k: (r.status, r.finished_at) for k, r in Ledger(store, "").load().items()}
+    parts_before = len(ledger.parts())
+    kept = store.get_bytes("ledger/train-000000.parquet")
+
+    ledger.run = "20260102-000000"
+    merged = ledger.compact(lambda name: belongs_to(name, "", {"train"}))
+    assert merged == parts_before - 2  # all but the other partition's and the annotation part
+    assert sorted(ledger.parts()) == ["ledger/annotations-rejected.parquet", "ledger/compacted-20260102-000000.parquet",
+                                      "ledger/train-007-000000.parquet"]
+    assert {k: (r.status, r.finished_at) for k, r in Ledger(store, "").load().items()} == before
+    assert before["ok0-0"][0] == "ok"  # the settled row: ok beats a later failure, else the newest row
+    assert all(before[f"bad{k}"] == ("failed", float(max(r for r in range(COMPACT_ABOVE) if r % 7 == k)))
+               for k in range(7))
+    store.put_bytes("ledger/train-000000.parquet", kept)  # killed before the old parts were deleted
+    assert {k: (r.status, r.finished_at) for k, r in Ledger(store, "").load().items()} == before
+    assert ledger.compact(lambda name: belongs_to(name, "", {"train"})) == 0  # two parts: under the bound

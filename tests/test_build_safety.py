@@ -163,8 +163,10 @@ def start_stalled_build(server, tmp_path: Path) -> tuple[subprocess.Popen, list[
     csv = csv_file(tmp_path / "k.csv", [f"bowling,stall{i},1,3,train" for i in range(4)] + ["singing,tc_a,1,3,val"])
     out = tmp_path / "out"
     log = open(tmp_path / "log.txt", "w")
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "avtools", *args(server, csv, str(out), "--socket-timeout", "120")],
-                            stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1])
+                            stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     for _ in range(150):
         time.sleep(0.2)
         if sum(server.requests.get(f"stall{i}.mp4", 0) for i in range(4)) >= 4:
@@ -189,6 +191,13 @@ def test_a_stopped_build_ends_promptly_and_leaves_no_process(sig, server, tmp_pa
     assert not [p for p in family if running(p)], (tmp_path / "log.txt").read_text()[-2000:]
     if sig != signal.SIGKILL:
         assert proc.returncode == 130 and (out / "dataset.json").exists()  # stopped like Ctrl-C: ledger kept
+        assert not list((tmp_path / "tmp").iterdir())  # the killed workers' downloads are removed too
+    else:  # the next build on this machine removes what a build killed with SIGKILL left
+        assert list((tmp_path / "tmp").glob("avtools-build-*"))
+        subprocess.run([sys.executable, "-m", "avtools", "build-dataset", "demo", "--out", str(tmp_path / "demo"),
+                        "--short-side", "32", "--limit", "1", "--no-card"], check=True, capture_output=True,
+                       env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+        assert not list((tmp_path / "tmp").glob("avtools-build-*"))
 
 
 def test_long_ids_and_colliding_ids_are_built_and_read_by_plain_webdataset(tmp_path):

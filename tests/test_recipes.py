@@ -15,12 +15,12 @@ from tests.conftest import SHARED
 
 
 def test_kinetics_csvs_parse_with_and_without_is_cc():
-    k400 = read_kinetics_csv(SHARED / "kinetics/kinetics-400_val.csv")
+    k400 = list(read_kinetics_csv(SHARED / "kinetics/kinetics-400_val.csv"))
     assert len(k400) == 19906 and sum(r["is_cc"] == "1" for _, r in k400) == 519
     assert [line for line, _ in k400[:2]] == [2, 3]  # file lines, the header being line 1
-    k600 = read_kinetics_csv(SHARED / "kinetics/kinetics-600_val.csv")
+    k600 = list(read_kinetics_csv(SHARED / "kinetics/kinetics-600_val.csv"))
     assert len(k600) == 30000 and "is_cc" not in k600[0][1]
-    test = read_kinetics_csv(SHARED / "kinetics/kinetics-400_test.csv")
+    test = list(read_kinetics_csv(SHARED / "kinetics/kinetics-400_test.csv"))
     assert len(test) == 38685 and "label" not in test[0][1]
 
 

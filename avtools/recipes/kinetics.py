@@ -7,6 +7,7 @@ Clip ids follow the CVDF/ActivityNet file names: `<youtube_id>_<time_start:06d>_
 from __future__ import annotations
 
 import csv
+from typing import Iterator
 
 from avtools.recipes import (Clip, Plan, RecipeError, RecipeOptions, class_list, fetch_annotation, label_indices,
                              open_annotation, recipe, seconds)
@@ -23,14 +24,16 @@ def default_annotations(version: int, splits: list[str] | None) -> list[str]:
 COLUMNS = ("youtube_id", "time_start", "time_end", "split")
 
 
-def read_kinetics_csv(path) -> list[tuple[int, dict]]:
-    """(line, row) of an official Kinetics CSV, rows as dicts; raises RecipeError on a file of another format."""
+def read_kinetics_csv(path) -> Iterator[tuple[int, dict]]:
+    """(line, row) of an official Kinetics CSV, rows as dicts, read as they are used (Kinetics-700 has 650,000);
+    raises RecipeError on a file of another format."""
     with open_annotation(path) as f:
         reader = csv.DictReader(f)
         missing = set(COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise RecipeError(f"{path} is not a Kinetics CSV: no column(s) {sorted(missing)}")
-        return [(reader.line_num, row) for row in reader]
+        for row in reader:
+            yield reader.line_num, row
 
 
 def kinetics_clip_id(youtube_id: str, start: float, end: float) -> str:
@@ -39,14 +42,16 @@ def kinetics_clip_id(youtube_id: str, start: float, end: float) -> str:
 
 @recipe("kinetics")
 def kinetics(definition: dict, options: RecipeOptions) -> list[Clip]:
-    if options.kinetics not in RELEASES:
-        raise RecipeError(f"--kinetics must be one of {sorted(RELEASES)}, not {options.kinetics}")
-    if options.kinetics not in definition["kinetics"]:
-        raise RecipeError(f"{definition['name']} is defined on Kinetics-{definition['kinetics']} classes, not "
-                          f"Kinetics-{options.kinetics}" + (" (use kinetics-sounds31)" if "sounds" in definition['name'] else ""))
+    release = options.kinetics or definition["kinetics"][0]
+    if release not in RELEASES:
+        raise RecipeError(f"--kinetics must be one of {sorted(RELEASES)}, not {release}")
+    if release not in definition["kinetics"]:
+        defined_on = " or ".join(f"Kinetics-{k}" for k in definition["kinetics"])
+        raise RecipeError(f"{definition['name']} is defined on {defined_on} classes, not Kinetics-{release}"
+                          + (" (use kinetics-sounds31)" if "sounds" in definition['name'] else ""))
     classes = class_list(definition["classes"])
     index = label_indices(classes)
-    sources = options.annotations or default_annotations(options.kinetics, options.splits)
+    sources = options.annotations or default_annotations(release, options.splits)
     made = Plan([])
     for location in sources:
         for line, row in read_kinetics_csv(fetch_annotation(location, options.cache)):

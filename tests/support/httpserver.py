@@ -57,6 +57,7 @@ class MediaServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as web servers do: no 40 ms delayed-ACK stall per small response
 
             def log_message(self, *args):  # keep test output clean
                 pass
