@@ -3,8 +3,11 @@ the collective helpers training, evaluation and the losses share. Imports nothin
 family and the device names."""
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import logging
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -44,7 +47,35 @@ def setup(device: str) -> Context:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        atexit.register(leave_process_group)
     return Context(rank, world_size, target)
+
+
+def finish() -> None:
+    """The normal end of a distributed run: wait for every rank, then leave the process group. A rank that
+    tears down while another still runs (rank 0 saving) can abort at exit with gloo ("terminate called without
+    an active exception": 1 torchrun run in 4 here, none in 15 with this)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def end_rank() -> None:
+    """End a torchrun rank whose work is done and written: flush, then exit without the interpreter's teardown,
+    where gloo's transport still aborts now and then even after `finish` ("terminate called without an active
+    exception", ~1 run in 30 here), which torchrun reports as a failed run. Does nothing outside torchrun."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        finish()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def leave_process_group() -> None:
+    """At exit, also after an error: leave the group without waiting for the others (they may be gone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

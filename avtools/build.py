@@ -229,10 +229,16 @@ def _run(todo: list[Clip], options: BuildOptions):
 
 def _stop(pool: cf.ProcessPoolExecutor) -> None:
     """Stop at once: kill the workers with their ffmpeg children, a hung one included (`shutdown` would wait for
-    it), then cancel what has not started. The executor keeps its processes in `_processes` (until shutdown)."""
+    it), then cancel what has not started. The executor keeps its processes in `_processes` (until shutdown).
+
+    A worker killed while sending a result leaves half a message in the result pipe, and the executor's manager
+    thread then waits for the rest forever, which hangs the interpreter's exit (it joins that thread). Closing
+    this process's end of the pipe, the last writer once the workers are gone, ends that wait with EOF."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # each worker leads its own group (_init_worker)
+    with contextlib.suppress(AttributeError, OSError):
+        pool._result_queue._writer.close()
     pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -50,9 +50,14 @@ def command(*args, **kwargs) -> Callable:
         @functools.wraps(function)
         def run(*a, **kw):
             try:
-                return function(*a, **kw)
+                result = function(*a, **kw)
             except UserError as exc:
                 fail(str(exc))
+            if "avcl.runtime" in sys.modules:  # a command that ran the engine, perhaps as a torchrun rank
+                from avcl.runtime import end_rank
+
+                end_rank()
+            return result
         return app.command(*args, cls=NamesFromRegistries, **kwargs)(run)
     return register
 

@@ -130,8 +130,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, script, tmp_path / "one.pt"], check=True, env=env, cwd=ROOT)
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script,
-                    tmp_path / "two.pt"], check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    ran = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                          str(free_port()), script, tmp_path / "two.pt"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-4000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     sys.path.insert(0, str(script.parent))
     for key in one:

@@ -94,14 +94,11 @@ class Engine:
         # what feature caches know of the data: dataset.json and each shard's size and time (or ETag)
         self.data_identity = cache_key(dataclasses.asdict(self.info), shard_stamps(self.url, self.info.shard_names()))
         self.cache_hits = self.cache_misses = 0
+        self.rank = world()[0]  # kept: the process group is left at the end of an evaluation
         self.autocast = AUTOCAST[options.precision] if device.type == "cuda" else None
         self.read: dict[tuple[str, str, str], int] = {}  # (modality, fold, role) -> samples read
         # CPU convolutions unfold their input (R(2+1)D-18 at 16x112x112: ~0.1 GB per clip), CUDA's do not
         self.max_clips = options.max_clips or (64 if device.type == "cuda" else 16)
-
-    @property
-    def rank(self) -> int:
-        return world()[0]
 
     @property
     def num_classes(self) -> int:

@@ -16,7 +16,7 @@ from avcl.data.schema import DatasetInfo
 from avcl.eval.datasets import DATASETS, EvalDataError
 from avcl.eval.encoders import load_encoders
 from avcl.eval.engine import PROTOCOLS, Engine, EvalOptions, ResultRow, coverage_shortfalls, with_means
-from avcl.runtime import setup
+from avcl.runtime import finish, setup
 from avcl.train.config import ConfigError, build_section, merge, named_preset, parse_override
 
 
@@ -97,6 +97,7 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[ResultRow], Engine]:
     if ctx.main:
         for line in coverage_shortfalls(rows):
             log(line)
+    finish()
     return rows, engine
 
 

@@ -36,7 +36,7 @@ from avcl.extract import extract
 from avcl.machine import loader_workers
 from avcl.methods.base import Method, flat
 from avcl.neighbours import leave_one_out_accuracy
-from avcl.runtime import AUTOCAST, Context, setup
+from avcl.runtime import AUTOCAST, Context, finish, setup
 from avcl.storage import RunFolder
 from avcl.train import checkpoint
 from avcl.train.config import TrainConfig, compact
@@ -279,6 +279,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, allow_conf
         _save(trainer, state, folder, ctx, config, log)  # also when a resume had nothing left to do
         if ctx.main:
             plot_curves(folder)
+    finish()
     return folder.url_of(checkpoint.LAST)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 from avcl.methods.base import EncoderConfig, Method, detached, flat, register  # noqa: E402
 from avcl.methods.losses import symmetric_info_nce  # noqa: E402
 from avcl.train.config import TrainConfig, from_dict  # noqa: E402
-from avcl.runtime import setup  # noqa: E402
+from avcl.runtime import end_rank, setup  # noqa: E402
 from avcl.train.loop import Trainer  # noqa: E402
 
 
@@ -66,6 +66,7 @@ def main(out: str, steps: int = 5) -> None:
         trainer.step([batch], step + 1)
     if ctx.rank == 0:
         torch.save(trainer.method.state_dict(), out)
+    end_rank()
 
 
 if __name__ == "__main__":
