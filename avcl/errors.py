@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config value, file, preset, --set or protocol setting that cannot be used; the message names it."""
+
+
+class TrainingError(UserError):
+    """A training run cannot start or go on; the message says why and what to do."""

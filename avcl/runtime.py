@@ -137,3 +137,11 @@ def gather_objects(items: list) -> list:
     out = [None] * size
     dist.all_gather_object(out, items)
     return [item for part in out for item in part]
+
+
+def mean_over_ranks(values: list[float], ctx: Context) -> float:
+    """The mean of every rank's values together."""
+    total = torch.tensor([sum(values), len(values)], dtype=torch.float64)
+    if ctx.world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()

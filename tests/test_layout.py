@@ -3,6 +3,7 @@ discovery, listed by `avtools list` and in `--help`, extended by adding one file
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -137,14 +138,15 @@ def avtools(*args: str, env: dict | None = None) -> str:
 
 
 def test_avtools_list_matches_the_registries():
-    import avcl.methods
-    import avcl.models
-    from avcl.eval.engine import PROTOCOLS
-    from avcl.eval.pretrained import FORMATS
-    from avtools.recipes import definitions
-
+    """Against the registries of a fresh process (tests register methods of their own in this one)."""
+    code = ("import json, avcl.methods, avcl.models; from avcl.eval.engine import PROTOCOLS; "
+            "from avcl.eval.pretrained import FORMATS; from avtools.recipes import definitions; "
+            "print(json.dumps([avcl.methods.names(), PROTOCOLS.names(), avcl.models.names(), FORMATS.names(), "
+            "list(definitions())]))")
+    registries = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                                           cwd=ROOT).stdout)
     listed = avtools("list")
-    for names in (avcl.methods.names(), PROTOCOLS.names(), avcl.models.names(), FORMATS.names(), list(definitions())):
+    for names in registries:
         assert names and all(f" {name} " in listed for name in names)
     assert "linear-svm-tcgl" in avtools("list", "protocols") and "temporal-av" not in avtools("list", "protocols")
 

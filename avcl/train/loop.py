@@ -29,23 +29,18 @@ import avcl.methods as methods
 from avcl import models
 from avcl.data.augment import DeviceAugment
 from avcl.data.sources import SourceError, open_url, resolve_all
-from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
-from avcl.data.views import eval_spec, run_spec
-from avcl.errors import UserError
-from avcl.extract import extract
+from avcl.data.stream import StreamConfig, TrainStream, loader
+from avcl.data.views import run_spec
+from avcl.errors import TrainingError
 from avcl.machine import loader_workers
-from avcl.methods.base import Method, flat
-from avcl.neighbours import leave_one_out_accuracy
-from avcl.runtime import AUTOCAST, Context, finish, setup
+from avcl.methods.base import Method
+from avcl.runtime import AUTOCAST, Context, finish, mean_over_ranks, setup
 from avcl.storage import RunFolder
 from avcl.train import checkpoint
 from avcl.train.config import TrainConfig, compact
+from avcl.train.heldout import knn_monitor, plateau_metric
 from avcl.train.logs import METRICS, RunLog, plot_curves
 from avcl.train.optim import build_optimizer, build_scheduler
-
-
-class TrainingError(UserError):
-    """A run cannot start or go on; the message says why and what to do."""
 
 
 CONFIG = "config.json"
@@ -226,6 +221,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, allow_conf
     trainer.schedule(total, steps_per_epoch)
     state = _start(trainer, folder, resume, ctx, config, allow_config_change)
     plateau_sources = _plateau_sources(config, val_sources, ctx)
+    heldout = _stream_config(data, max(1, data.batch_size // ctx.world), ctx, 0, 0)
     clips_per_step = data.batch_size * spec.n_clips
     with RunLog(folder, config, total, state["step"], ctx.main) as log, StopSignals() as stop:
         log.print(f"[bold]{config.method_name}[/]: {total} steps ({steps_per_epoch}/epoch), global batch "
@@ -264,15 +260,16 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, allow_conf
                           **{f"loss/{k}": v for k, v in terms.items()}}
                 step = state["step"]
                 if run.knn_every and val_sources and step % run.knn_every == 0:
-                    values["knn_top1"] = knn_monitor(trainer, val_sources, spec, config, ctx)
+                    values["knn_top1"] = knn_monitor(trainer, val_sources, spec, heldout, run.knn_k)
                     _keep_best(trainer, state, values["knn_top1"], folder, ctx, config)
                 log.step(step, values, show=step % run.log_every == 0 or step == total or "knn_top1" in values)
                 keep = bool(run.keep_every) and step % run.keep_every == 0
                 if keep or step % run.checkpoint_every == 0 or step == total:
                     _save(trainer, state, folder, ctx, config, log, keep=keep)
-            epoch_loss = _mean_over_ranks(epoch_losses, ctx)
+            epoch_loss = mean_over_ranks(epoch_losses, ctx)
             if config.optim.schedule == "plateau":
-                trainer.scheduler.step(plateau_metric(trainer, plateau_sources, spec, config, ctx, epoch_loss, log))
+                trainer.scheduler.step(plateau_metric(trainer, plateau_sources, spec, heldout, ctx, config, epoch_loss,
+                                                      log))
             if not (run.knn_every and val_sources):
                 _keep_best(trainer, state, -epoch_loss, folder, ctx, config)
             _save(trainer, state, folder, ctx, config, log)
@@ -445,49 +442,6 @@ def _plateau_sources(config: TrainConfig, val_sources, ctx: Context):
         return []
 
 
-def plateau_metric(trainer: Trainer, sources, spec, config: TrainConfig, ctx: Context, train_loss: float, log) -> float:
-    """What the plateau schedule watches: the epoch's train loss, or a term of the method on held-out data
-    (TCGL's official scripts: the validation order loss)."""
-    if not sources:
-        return train_loss
-    term = config.optim.plateau_on.split(":", 1)[1]
-    values = validation_terms(trainer, sources, spec, config, ctx)
-    if term not in values:
-        raise TrainingError(f"optim.plateau_on={config.optim.plateau_on}: {config.method_name} has no term {term!r}; "
-                            f"terms: {', '.join(values)}")
-    log.print(f"held-out {term}: {values[term]:.4f}")
-    return values[term]
-
-
-@torch.no_grad()
-def validation_terms(trainer: Trainer, sources, spec, config: TrainConfig, ctx: Context) -> dict[str, float]:
-    """The method's loss terms on held-out data: every sample once, views drawn reproducibly per sample key."""
-    stream = EvalStream(sources, spec, _stream_config(config.data, max(1, config.data.batch_size // ctx.world), ctx, 0, 0),
-                        seed=0)
-    sums: dict[str, float] = {}
-    count = 0
-    trainer.method.eval()
-    try:
-        for batch in loader(stream, pin_memory=ctx.device.type == "cuda"):
-            valid = batch["valid"].bool()
-            if not valid.any():
-                continue
-            kept = {k: v[valid] if torch.is_tensor(v) else v for k, v in batch.items()}
-            generator = torch.Generator().manual_seed(count)
-            with trainer._autocast():
-                _, terms = trainer.method(trainer.augment(kept, train=True, generator=generator))
-            n = int(valid.sum())
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
-            count += n
-    finally:
-        trainer.method.train()
-    totals = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [count], dtype=torch.float64)
-    if ctx.world > 1:
-        dist.all_reduce(totals)
-    return {key: float(totals[i] / max(float(totals[-1]), 1)) for i, key in enumerate(sorted(sums))}
-
-
 def _payload(trainer: Trainer, state: dict, config: TrainConfig) -> dict:
     return {**trainer.state_dict(), "state": dict(state), "rng": checkpoint.rng_state(),
             "config": config.to_dict(), "method_name": config.method_name}
@@ -520,22 +474,3 @@ def _last_good(folder: RunFolder) -> str:
         return "none (no checkpoint was written yet)"
     step = checkpoint.load(last)["state"]["step"]
     return f"{folder.url_of(checkpoint.LAST)} (step {step})"
-
-
-def _mean_over_ranks(values: list[float], ctx: Context) -> float:
-    total = torch.tensor([sum(values), len(values)], dtype=torch.float64)
-    if ctx.world > 1:
-        dist.all_reduce(total)
-    return (total[0] / total[1].clamp(min=1)).item()
-
-
-def knn_monitor(trainer: Trainer, sources, spec, config: TrainConfig, ctx: Context) -> float:
-    """Leave-one-out weighted kNN top-1 on the validation shards' video features (1 centre clip per sample)."""
-    stream = EvalStream(sources, eval_spec(spec, 1), _stream_config(config.data, max(1, config.data.batch_size // ctx.world), ctx, 0, 0))
-    trainer.method.eval()
-    embed = lambda inputs: trainer.method.video_features(flat(inputs["video"])).unflatten(0, inputs["video"].shape[:2])  # noqa: E731
-    try:
-        features = extract(embed, stream, trainer.augment, trainer.autocast)
-    finally:
-        trainer.method.train()
-    return leave_one_out_accuracy(torch.from_numpy(features.features), torch.from_numpy(features.labels), config.run.knn_k)
