@@ -40,6 +40,7 @@ class Features:
 
     @classmethod
     def concat(cls, parts: list["Features"]) -> "Features":
+        parts = [p for p in parts if len(p)] or parts[:1]  # an empty part has no feature width to match
         return cls(**{f.name: None if any(getattr(p, f.name) is None for p in parts)
                       else np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 

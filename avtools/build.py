@@ -46,7 +46,7 @@ from avtools.stages import Stages
 from avtools.transcode import TranscodeSettings, make_sample
 
 SETTINGS = "ledger/settings.json"  # the build's settings, written before its first shard
-RECORDED = ("name", "class_list", "format", "preprocessing")  # what must not change between runs into one --out
+RECORDED = ("name", "class_list", "format", "preprocessing", "split_rule")  # what must not change between runs into one --out
 STALE_TEMPORARY = 600.0  # seconds: a temporary file this old belongs to no running writer
 
 
@@ -74,6 +74,7 @@ class BuildResult:
     seconds: float
     interrupted: bool = False
     stages: Stages = dataclasses.field(default_factory=Stages)  # where the time went (avtools/stages.py)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # empty splits, classes missing from a split
 
 
 def partition_of(clip_id: str, parts: int) -> int:
@@ -116,11 +117,12 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     mine = [c for c in clips if partition_of(c.clip_id, parts) == index]
     store = open_store(options.out)
     store.sweep(STALE_TEMPORARY)
-    _record_settings(store, options)
+    _record_settings(store, options, planned.split_rule)
     tag = partition_tag(options.partition)
     ledger = Ledger(store, tag)
     ledger.write_annotations(annotation_rows(planned.rejected))
     settled = ledger.load()
+    _refuse_split_changes(clips, settled, options.out)
     splits = {c.split for c in clips} | {row.split for row in settled.values()}
     staging = _staging_dir(store, options.out)
     clear_staging(staging, tag, splits)
@@ -158,7 +160,7 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     annotations = {"rows_rejected": len(planned.rejected), "rows_of_other_classes": planned.other_classes,
                    "duplicate_rows": duplicates, "conflicting_duplicates": len(conflicts),
                    "rejected": [f"{where}: {why}" for where, why in planned.rejected[:20]], "conflicts": conflicts[:20]}
-    summary = summarize(clips, rows, _parameters(options), annotations)
+    summary = summarize(clips, rows, _parameters(options, planned.split_rule), annotations)
     write_ledger_table(store, list(rows.values()))
     write_dataset_json(store, summary)
     if options.card and summary.complete and (counts["ok"] + counts["failed"] or not store.exists("card.png")):
@@ -166,7 +168,7 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
 
         write_card(store, summary)
     return BuildResult(summary, counts["ok"] + counts["failed"], counts["ok"], counts["failed"],
-                       time.time() - started, interrupted, stages)
+                       time.time() - started, interrupted, stages, split_warnings(clips))
 
 
 @contextlib.contextmanager
@@ -387,12 +389,12 @@ class BuildError(UserError):
     """A build that cannot go on in its --out; the message says why and what to do."""
 
 
-def _record_settings(store, options: BuildOptions) -> None:
+def _record_settings(store, options: BuildOptions, split_rule: dict) -> None:
     """Before the first shard: record what this build writes, or refuse when --out holds shards of another
-    dataset or class list (label indices would disagree) or written another way (mixed shard formats, frame
-    rates or sizes would pass unnoticed into training). An output of an older avtools has only its
-    dataset.json to compare with."""
-    now = {key: value for key, value in _parameters(options).items() if key in RECORDED}
+    dataset or class list (label indices would disagree), written another way (mixed shard formats, frame
+    rates or sizes would pass unnoticed into training) or split another way (a clip built as train could then
+    be listed as test). An output of an older avtools has only its dataset.json to compare with."""
+    now = {key: value for key, value in _parameters(options, split_rule).items() if key in RECORDED}
     recorded = SETTINGS if store.exists(SETTINGS) else DATASET_JSON if store.exists(DATASET_JSON) else None
     before = {}
     if recorded == SETTINGS:
@@ -408,6 +410,10 @@ def _record_settings(store, options: BuildOptions) -> None:
                            f"{_class_list_name(now['class_list'])}")
         changed += [f"{key} {before.get('preprocessing', {}).get(key)} -> {value}"
                     for key, value in now["preprocessing"].items() if before.get("preprocessing", {}).get(key) != value]
+        if "split_rule" in before:
+            changed += [f"{key} {before['split_rule'].get(key)} -> {now['split_rule'].get(key)}"
+                        for key in sorted(before["split_rule"].keys() | now["split_rule"].keys())
+                        if before["split_rule"].get(key) != now["split_rule"].get(key)]
         if changed:
             raise BuildError(f"{options.out} holds a build made differently ({'; '.join(changed)}): rerun with its "
                              f"settings, or build into a new --out")
@@ -415,11 +421,41 @@ def _record_settings(store, options: BuildOptions) -> None:
         store.put_bytes(SETTINGS, json.dumps(now, indent=1).encode())
 
 
+def _refuse_split_changes(clips: list[Clip], settled: dict, out: str) -> None:
+    """A clip already built keeps its split: one whose split the plan now changes (other annotation lists, files
+    added across a per-class quota) would list a shard of one split under another."""
+    moved = [(c, settled[c.clip_id].split) for c in clips if c.clip_id in settled and settled[c.clip_id].split != c.split]
+    if moved:
+        clip, was = moved[0]
+        raise BuildError(f"{out}: {len(moved)} clip(s) already built would change split (e.g. {clip.clip_id}: {was} "
+                         f"-> {clip.split}); a clip never changes split within one output: rerun with the inputs "
+                         f"and options of the first build, or build into a new --out")
+
+
+def split_warnings(clips: list[Clip]) -> list[str]:
+    """A dataset with a single split, and splits that hold no clip of some class the dataset has (that class
+    cannot then be learnt or tested)."""
+    classes = sorted({c.label for c in clips})
+    by_split: dict[str, set] = {}
+    for clip in clips:
+        by_split.setdefault(clip.split, set()).add(clip.label)
+    lines = []
+    if len(by_split) == 1:
+        lines.append(f"every clip is in split {next(iter(by_split))}: evaluation needs a second one to test on "
+                     "(folder: --val-fraction above 0, or train/ and val/ folders)")
+    for split, present in sorted(by_split.items()):
+        missing = [c for c in classes if c not in present]
+        if missing and split != "unused":
+            lines.append(f"split {split} has no clip of {len(missing)} of {len(classes)} classes "
+                         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+    return lines
+
+
 def _class_list_name(stamp: dict) -> str:
     return " ".join(filter(None, (stamp.get("file"), stamp.get("version"), stamp.get("sha256", "")[:12])))
 
 
-def _parameters(options: BuildOptions) -> dict:
+def _parameters(options: BuildOptions, split_rule: dict) -> dict:
     import av
     import yt_dlp
 
@@ -430,6 +466,7 @@ def _parameters(options: BuildOptions) -> dict:
         "preprocessing": dataclasses.asdict(options.transcode) | {"pad": options.fetch.pad},
         "samples_per_shard": options.samples_per_shard,
         "partitions": options.partition[1],
+        "split_rule": split_rule,
         "tools": {"avtools": __version__, "yt-dlp": yt_dlp.version.__version__, "pyav": av.__version__,
                   "ffmpeg": av.library_versions.get("libavformat"), "python": platform.python_version()},
     }

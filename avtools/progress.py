@@ -47,6 +47,8 @@ def print_summary(console: Console, result) -> None:
     if info.failures:
         console.print("failures: " + ", ".join(f"{reason} {n}" for reason, n in info.failures.items()))
     print_annotations(console, info.annotations)
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
     rate = result.processed / result.seconds if result.seconds else 0.0
     console.print(f"this run: {result.ok} ok, {result.failed} failed in {result.seconds:.1f}s ({rate:.2f} clips/s)"
                   + (" [yellow](interrupted: rerun the same command to continue)[/yellow]" if result.interrupted else ""))

@@ -15,7 +15,7 @@ import pytest
 from avcl.data.sources import SourceError, resolve, resolve_all
 from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
 import avcl.methods as methods
-from avcl.data.views import ViewSpec, eval_spec, make_views, permutations, run_spec
+from avcl.data.views import ViewSpec, evaluation_views, make_views, permutations, run_spec
 from tests.conftest import TIMECODED_FPS
 from tests.support.httpserver import MediaServer
 from tests.support.timecoded import burst_onsets, frame_index
@@ -25,7 +25,7 @@ ALL_KEYS = {f"train__{c}__tc{i}" for i, c in zip(range(7), ["down", "up"] * 4)}
 
 
 def eval_keys_and_videos(specs, batch_size=3, workers=0) -> dict[str, np.ndarray]:
-    stream = EvalStream(resolve_all(specs, "train"), eval_spec(SPEC, 1), StreamConfig(batch_size, workers=workers))
+    stream = EvalStream(resolve_all(specs, "train"), evaluation_views(SPEC.geometry, 1), StreamConfig(batch_size, workers=workers))
     out = {}
     for batch in loader(stream):
         for key, video, valid in zip(batch["key"], batch["video"], batch["valid"]):
@@ -80,7 +80,7 @@ def test_evaluation_reads_every_sample_once_with_equal_batches_per_rank(timecode
     sources = resolve_all([str(timecoded_dataset)])
     seen, batch_counts = [], []
     for rank in range(2):
-        stream = EvalStream(sources, eval_spec(SPEC, 2), StreamConfig(batch_size=2, workers=2, world_size=2, rank=rank))
+        stream = EvalStream(sources, evaluation_views(SPEC.geometry, 2), StreamConfig(batch_size=2, workers=2, world_size=2, rank=rank))
         batches = list(loader(stream))
         batch_counts.append(len(batches))
         assert len(batches) == len(stream)
@@ -151,7 +151,7 @@ def test_evaluation_views_keep_the_frame_step_of_training(timecoded_dataset):
     own = methods.build("xmodal").view_spec()
     trained = run_spec(own, DataConfig(stride=2, canvas=64))
     assert (trained.stride, trained.frames, trained.canvas) == (2, own.frames, 64)
-    views = make_views(timecoded_sample(timecoded_dataset), feature_views(FeatureSpec(clips=2, frames=8), trained), None)
+    views = make_views(timecoded_sample(timecoded_dataset), feature_views(FeatureSpec(clips=2, frames=8), trained.geometry), None)
     for clip in views["video"]:
         assert np.all(np.diff(frame_indices(clip)) == 2)
 
@@ -222,7 +222,7 @@ def test_bad_data_is_skipped_counted_and_reported(timecoded_dataset, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="avcl.data"):
         config = StreamConfig(batch_size=2, workers=0)
         train = list(loader(TrainStream(sources, spec, config)))
-        stream = EvalStream(sources, eval_spec(spec, 1), config)
+        stream = EvalStream(sources, evaluation_views(spec.geometry, 1), config)
         evaluated = list(loader(stream))
     assert len(train) == 3 and all(len(b["key"]) == 2 for b in train)
     good = {k for b in evaluated for k, ok in zip(b["key"], b["valid"]) if ok}

@@ -148,6 +148,7 @@ class DatasetInfo:
     preprocessing: dict = dataclasses.field(default_factory=dict)
     samples_per_shard: int = 0
     partitions: int = 1
+    split_rule: dict = dataclasses.field(default_factory=dict)  # the options that decided the splits
     tools: dict = dataclasses.field(default_factory=dict)
     complete: bool = False
     counts: dict = dataclasses.field(default_factory=dict)  # total, available, settled, duplicates_in_annotations

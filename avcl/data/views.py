@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 
 import numpy as np
 
 from avcl.data.decode import AudioReader, SampleError, decode_frames, frame_count, sample_meta
+
+log = logging.getLogger("avcl.data")
 
 
 def permutations(n: int) -> list[tuple[int, ...]]:
@@ -37,22 +40,31 @@ def permutations(n: int) -> list[tuple[int, ...]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class ViewSpec:
-    clips: int = 2  # clips drawn per video (TCGL: snippets per tuple)
+class ClipGeometry:
+    """What a clip is, which training and evaluation share: its frames, their step and sampling rate, the canvas
+    they are cropped to, the modalities read and the audio window that goes with each clip."""
     frames: int = 16
     stride: int = 1  # frame step at speed 1
+    fps: float = 0.0  # frame rate clips are sampled at from the stored frames (0: the stored rate, consecutive)
+    canvas: int = 128  # frames leave the CPU as canvas x canvas crops; the device does the random resized crop
+    video: bool = True  # False: audio windows only (audio-only samples)
+    audio: bool = True
+    audio_seconds: float = 1.0  # 0: the clip's span, frames * stride / fps (run_spec resolves it)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec(ClipGeometry):
+    """A clip geometry plus how training samples clips from a video. Every sampling field's default is the plain
+    evaluation sampling (one speed, forward, independent windows, every video read), so views built from a
+    geometry alone (`evaluation_views`) can never inherit a training-only choice."""
+    clips: int = 2  # clips drawn per video (TCGL: snippets per tuple)
     speeds: tuple[int, ...] = (1,)
     directions: tuple[int, ...] = (1,)  # 1 forward, -1 backward
     disjoint: bool = False  # clips from non-overlapping windows (ordering tasks)
     tuple_gap: int | None = None  # TCGL: consecutive snippets `tuple_gap` frames apart, shuffled, order label
-    audio: bool = True
-    audio_seconds: float = 1.0  # 0: the clip's span, frames * stride / fps (run_spec resolves it)
     audio_speed: str = "resample"  # resample (anti-aliased) | box (averages k samples)
     inter_order: bool = False  # an extra audio window before / at / after clip 0 with a 3-way label (2 clips)
-    canvas: int = 128  # frames leave the CPU as canvas x canvas crops; the device does the random resized crop
     test_clips: int = 0  # evaluation: this many clips evenly spaced, deterministic (replaces `clips`)
-    video: bool = True  # False: audio windows only (audio-only samples)
-    fps: float = 0.0  # frame rate clips are sampled at from the stored frames (0: the stored rate, consecutive)
     same_window: bool = False  # every clip is the first one's window again (two augmentations of one clip)
     min_frames: int = 0  # videos with fewer stored frames are skipped (counted as bad data), never padded
 
@@ -66,10 +78,14 @@ class ViewSpec:
     def n_clips(self) -> int:
         return self.test_clips or self.clips
 
+    @property
+    def geometry(self) -> ClipGeometry:
+        return ClipGeometry(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ClipGeometry)})
+
 
 def run_spec(spec: ViewSpec, data) -> ViewSpec:
     """A method's views as a run's data config (`DataConfig`) sets them: its canvas, and its frames and frame step
-    where given; an audio window of 0 s becomes the clip's span. Evaluation derives its views from these, so
+    where given; an audio window of 0 s becomes the clip's span. Evaluation takes its geometry from these, so
     features see the frame step training saw."""
     overrides = {k: v for k, v in (("frames", data.frames), ("stride", data.stride)) if v}
     spec = dataclasses.replace(spec, canvas=data.canvas, **overrides)
@@ -81,10 +97,12 @@ def run_spec(spec: ViewSpec, data) -> ViewSpec:
     return spec
 
 
-def eval_spec(spec: ViewSpec, test_clips: int) -> ViewSpec:
-    """The evaluation version of a spec: evenly spaced clips, speed 1, forward, no tuples."""
-    return dataclasses.replace(spec, test_clips=test_clips, speeds=(1,), directions=(1,), disjoint=False,
-                               tuple_gap=None, inter_order=False)
+def evaluation_views(geometry: ClipGeometry, clips: int, random: bool = False) -> ViewSpec:
+    """The views evaluation reads: `clips` evenly spaced clips per video (or `clips` random ones, for a
+    classifier's augmented training data) at speed 1, forward, from every video, whatever the length. Built
+    from the geometry alone: what training samples (speeds, tuples, shared windows, minimum lengths) cannot
+    reach it. Every protocol, training's kNN monitor and `avtools inspect --eval-clips` read through here."""
+    return ViewSpec(**dataclasses.asdict(geometry), clips=clips, test_clips=0 if random else clips)
 
 
 @dataclasses.dataclass
@@ -282,7 +300,10 @@ def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
     views = {"label": np.int64(meta.get("label_index", -1)), "valid": np.bool_(True), "folds": fold_codes(meta)}
     if spec.video:
         fps = float(meta["fps"])
-        plans, order = plan_clips(spec, frame_count(sample, meta), fps, plan_rng, window)
+        n_frames = frame_count(sample, meta)
+        plans, order = plan_clips(spec, n_frames, fps, plan_rng, window)
+        if rng is None and plans[0].span * fps > n_frames + 1e-6:
+            _note_short_video(sample.get("__key__"), n_frames, fps, plans[0].span)
         frames = decode_frames(sample, meta, np.concatenate([p.indices for p in plans]), spec.canvas)
         views["video"] = canvas_crop(frames, spec.canvas, rng).reshape(len(plans), spec.frames, spec.canvas,
                                                                          spec.canvas, 3)
@@ -302,6 +323,19 @@ def make_views(sample: dict, spec: ViewSpec, rng: np.random.Generator | None,
         if spec.inter_order:
             views["xorder"], views["audio_shifted"] = _shifted_audio(audio, plans[0], spec, rng)
     return views
+
+
+_short_videos = 0
+
+
+def _note_short_video(key: str, n_frames: int, fps: float, span: float) -> None:
+    """Evaluation reads a video shorter than its clips (last frame repeated): warn for the 1st, 2nd, 4th... one."""
+    global _short_videos
+    _short_videos += 1
+    if _short_videos & (_short_videos - 1) == 0:
+        log.warning("%s: %d frames (%.2f s) is shorter than the evaluation clip (%.2f s): its last frame repeats to "
+                    "fill it (short video #%d); lower protocol.frames or protocol.fps to read it whole", key, n_frames,
+                    n_frames / fps, span, _short_videos)
 
 
 def _shifted_audio(audio: AudioReader, plan: ClipPlan, spec: ViewSpec, rng) -> tuple[np.int64, np.ndarray]:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ from avcl.data.augment import DeviceAugment
 from avcl.data.schema import DatasetInfo
 from avcl.data.sources import SourceError, dataset_info, resolve, shard_stamps
 from avcl.data.stream import EvalStream
-from avcl.data.views import run_spec
+from avcl.data.views import ClipGeometry, run_spec
 from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
 from avcl.eval.features import FeatureSpec, cache_key, feature_spec, feature_views, stream_config
@@ -90,9 +91,13 @@ class Engine:
             raise EvalDataError(f"{options.data}: no dataset.json there; evaluation reads a dataset folder built "
                                 "by `avtools build-dataset` (local, http(s):// or s3://)")
         check_dataset_name(dataset, self.info, options.data)
+        check_shards_in_one_split(self.info, options.data)
         self.splits = [name for name, split in self.info.splits.items() if split.shards]
         # what feature caches know of the data: dataset.json and each shard's size and time (or ETag)
-        self.data_identity = cache_key(dataclasses.asdict(self.info), shard_stamps(self.url, self.info.shard_names()))
+        self.stamps = shard_stamps(self.url, self.info.shard_names())
+        self.data_identity = cache_key(dataclasses.asdict(self.info), self.stamps)
+        if dataset.kind == "single":
+            check_test_side(self.info, options.data)
         self.cache_hits = self.cache_misses = 0
         self.rank = world()[0]  # kept: the process group is left at the end of an evaluation
         self.autocast = AUTOCAST[options.precision] if device.type == "cuda" else None
@@ -118,9 +123,10 @@ class Engine:
                                 f"encoder(s): {'/'.join(wanted)} cannot be evaluated")
         return usable
 
-    def train_views(self):
-        """The method's training views as the run set them: what evaluation views are derived from."""
-        return run_spec(self.encoders.method.view_spec(), self.encoders.config.data)
+    def clip_geometry(self) -> ClipGeometry:
+        """The clip geometry the checkpoint was trained on (frame step, canvas, audio window): all evaluation
+        takes of the method's views."""
+        return run_spec(self.encoders.method.view_spec(), self.encoders.config.data).geometry
 
     def augment(self, spec: FeatureSpec, **video_changes) -> DeviceAugment:
         """The training run's device augmentation at the protocol's size and test crops (and `video_changes`)."""
@@ -168,7 +174,7 @@ class Engine:
         except SourceError as exc:
             raise EvalDataError(str(exc)) from None
         config = stream_config(self.options.batch_size, self.options.workers)
-        stream = EvalStream([source], feature_views(spec, self.train_views()), config, seed=spec.augment_seed,
+        stream = EvalStream([source], feature_views(spec, self.clip_geometry()), config, seed=spec.augment_seed,
                             perturb=perturb)
         embed = clip_embedder(self.encoders, spec.modality, spec.layer)
         with _progress(f"features {self.dataset.name}/{split} ({spec.modality})", source.num_samples) as advance:
@@ -195,15 +201,35 @@ class Engine:
         for role, index in zip(roles, picked):
             self.read[(modality, fold, role)] = len(index)
             if len(index) == 0:
-                raise EvalDataError(f"{self.dataset.name} split {fold}: no {role} samples could be read from "
-                                    f"{self.url} (dataset.json lists {self.dataset.coverage(self.info, fold, role)[1]}); "
-                                    f"is this a {self.dataset.name} dataset with its shards in place?")
+                raise EvalDataError(self._nothing_read(fold, role))
+        if "train" in roles and "test" in roles:
+            check_disjoint(features.keys[picked[roles.index("train")]], features.keys[picked[roles.index("test")]],
+                           f"{self.dataset.name} split {fold}", self.dataset.kind == "official-splits")
         if "train" in roles:
             classes = np.unique(features.labels[picked[roles.index("train")]])
             if len(classes) < 2:
                 raise EvalDataError(f"{self.dataset.name} split {fold}: every train sample read has the same class "
                                     f"({self.class_name(int(classes[0]))}); a protocol needs two classes at least")
         return picked
+
+    def _nothing_read(self, fold: str, role: str) -> str:
+        """Why no sample of `role` was read: the side is empty in dataset.json, its shards are missing, or every
+        sample in them was skipped as unreadable."""
+        where = f"{self.dataset.name} split {fold}"
+        expected, available = self.dataset.coverage(self.info, fold, role)
+        if available == 0:
+            listed = f"its {expected} clip(s) all failed to build (see the ledger)" if expected else "it holds no clip"
+            return (f"{where}: the {role} side is empty in {self.url}'s dataset.json ({listed}); rebuild with a {role} "
+                    "split (folder: --val-fraction above 0, or train/ and val/ folders) or pick another --folds")
+        names = [shard.name for split in self.dataset.splits_holding(fold, role, self.splits)
+                 for shard in self.info.splits[split].shards]
+        missing = [name for name in names if self.stamps.get(name) is None]
+        if missing:
+            return (f"{where}: {len(missing)} of the {len(names)} shard(s) holding its {role} samples are missing "
+                    f"from {self.url} (e.g. {missing[0]}); copy them there, or rerun the build into it")
+        return (f"{where}: dataset.json lists {available} {role} sample(s) but every one was skipped as unreadable "
+                "(see the warnings above: damaged shards, samples without frames or audio); check the shards with "
+                "`avtools inspect`")
 
     def class_name(self, index: int) -> str:
         names = self.class_names()
@@ -244,6 +270,49 @@ def check_dataset_name(dataset: EvalDataset, info: DatasetInfo, data: str) -> No
     if dataset.class_list_version and version != dataset.class_list_version:
         raise EvalDataError(f"{data} was built with class list {version}, not {dataset.class_list_version}: rebuild "
                             f"it with this avtools (`avtools build-dataset {dataset.name}`; finished clips are kept)")
+
+
+def check_test_side(info: DatasetInfo, data: str) -> None:
+    """A one-fold dataset tests on `test` (else `val`): say why neither has samples, before any extraction."""
+    sides = {name: info.splits[name] for name in ("test", "val") if name in info.splits}
+    if any(split.shards for split in sides.values()):
+        return
+    if not sides:
+        cause = f"it has only the split(s) {', '.join(info.splits) or 'none'}"
+    else:
+        cause = "; ".join(f"{name} lists {split.total} clip(s), {split.failed} failed to build and none is in a shard"
+                          for name, split in sides.items())
+    raise EvalDataError(f"{data}: nothing to test on: {cause}; rebuild with a val split (folder: --val-fraction "
+                        "above 0, or train/ and val/ folders)")
+
+
+def check_shards_in_one_split(info: DatasetInfo, data: str) -> None:
+    """A shard listed under two splits puts the same samples on both sides of every protocol: refuse."""
+    owner: dict[str, str] = {}
+    for split, entry in info.splits.items():
+        for shard in entry.shards:
+            first = owner.setdefault(shard.name, split)
+            if first != split:
+                raise EvalDataError(f"{data}: dataset.json lists shard {shard.name} under both {first} and {split}; "
+                                    "train and test would share its samples: rebuild into a new --out")
+
+
+UCF_GROUP = re.compile(r"^(v_.+_g\d+)_c\d+$")  # UCF101 v_<class>_g<group>_c<clip>: one group, one recording session
+
+
+def check_disjoint(train_keys: np.ndarray, test_keys: np.ndarray, where: str, official_groups: bool) -> None:
+    """No sample on both sides, and (official splits) no UCF101 group on both sides: the lists keep each group
+    on one side, so one crossing means the data is not what the lists say."""
+    shared = sorted(set(train_keys.tolist()) & set(test_keys.tolist()))
+    if shared:
+        raise EvalDataError(f"{where}: {len(shared)} sample key(s) are in both train and test (e.g. {shared[0]}); "
+                            "the classifier would be tested on its training data: rebuild the dataset into a new --out")
+    if official_groups:
+        groups = [{m.group(1) for m in map(UCF_GROUP.match, keys.tolist()) if m} for keys in (train_keys, test_keys)]
+        crossing = sorted(groups[0] & groups[1])
+        if crossing:
+            raise EvalDataError(f"{where}: {len(crossing)} video group(s) are in both train and test (e.g. "
+                                f"{crossing[0]}); the official lists never split a group: rebuild from the official lists")
 
 
 def coverage_shortfalls(rows: list[ResultRow]) -> list[str]:

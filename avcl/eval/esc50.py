@@ -54,7 +54,7 @@ def run_crisscross(engine: Engine, params: CrissCrossParams, folds, modalities) 
 
 
 def esc50_rows(engine: Engine, params: ESC50Params, folds, protocol: str) -> list:
-    window = params.window_s or engine.train_views().audio_seconds
+    window = params.window_s or engine.clip_geometry().audio_seconds
     common = dict(modality="audio", layer=params.feature, audio_seconds=window, keep_clips=True)
     train = engine.features(FeatureSpec(clips=params.train_crops, augment_seed=params.seed, **common))
     test = engine.features(FeatureSpec(clips=params.test_crops, **common))
@@ -72,5 +72,6 @@ def esc50_rows(engine: Engine, params: ESC50Params, folds, protocol: str) -> lis
         scores = fitted.scores(tests.reshape(-1, tests.shape[-1]), engine.num_classes)
         scores = scores.reshape(len(test_rows), tests.shape[1], -1).mean(1)
         metrics = {"accuracy": 100 * classify.topk_accuracy(scores, test.labels[test_rows], 1)}
-        rows.append(engine.row(fold, protocol, "audio", metrics, params, c=fitted.c, window_s=window))
+        rows.append(engine.row(fold, protocol, "audio", metrics, params, c=fitted.c, window_s=window,
+                               classifier=classify.library(params.classifier)))
     return rows

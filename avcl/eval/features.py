@@ -15,7 +15,7 @@ import hashlib
 import json
 
 from avcl.data.stream import StreamConfig
-from avcl.data.views import ViewSpec
+from avcl.data.views import ClipGeometry, ViewSpec, evaluation_views
 from avcl.machine import loader_workers
 from avcl.runtime import world
 
@@ -49,15 +49,14 @@ def feature_spec(params, modality: str, **changes) -> FeatureSpec:
     return FeatureSpec(modality=modality, **(values | changes))
 
 
-def feature_views(spec: FeatureSpec, train_spec: ViewSpec) -> ViewSpec:
-    """The views one sample gives for `spec` (derived from the method's training views): evenly spaced test
-    clips, or random ones for augmented crops; the modalities `spec` needs, audio as long as in training."""
-    random_views = spec.augment_seed is not None
-    return dataclasses.replace(
-        train_spec, clips=spec.clips if random_views else train_spec.clips, test_clips=0 if random_views else spec.clips,
-        frames=spec.frames, fps=spec.fps, speeds=(1,), directions=(1,), disjoint=False, tuple_gap=None, inter_order=False,
-        audio=spec.modality in ("audio", "fused"), video=spec.modality != "audio",
-        audio_seconds=spec.audio_seconds or train_spec.audio_seconds)
+def feature_views(spec: FeatureSpec, geometry: ClipGeometry) -> ViewSpec:
+    """The views one sample gives for `spec`: the checkpoint's clip geometry (frame step, canvas) at the
+    protocol's frames, rate and audio window, the modalities `spec` needs, as `evaluation_views` lays them out
+    (evenly spaced test clips, or random ones for augmented crops)."""
+    geometry = dataclasses.replace(geometry, frames=spec.frames, fps=spec.fps,
+                                   audio=spec.modality in ("audio", "fused"), video=spec.modality != "audio",
+                                   audio_seconds=spec.audio_seconds or geometry.audio_seconds)
+    return evaluation_views(geometry, spec.clips, random=spec.augment_seed is not None)
 
 
 def stream_config(batch_size: int, workers: int | str) -> StreamConfig:

@@ -1,9 +1,11 @@
 """`--protocol knn`: weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018).
 
 Each of the k most cosine-similar train samples votes for its class with weight exp(cos / τ), τ = 0.07;
-k = 1, 20 and 200 on the retrieval features (docs/protocols.md §5), top-1 and top-5 of the votes. Neighbours tied
-in similarity are taken in sample order and tied votes go to the lower class index, so results are
-deterministic. The same function is the training run's online monitor (leave-one-out on the validation shards).
+k = 1, 20 and 200 on the retrieval features (docs/protocols.md §5), top-1 and top-5 of the votes as DINO's
+`knn_classifier` counts them: top-5 looks at the first min(5, k) classes of the vote ranking, so at k < 5 a
+class no neighbour voted for never counts as a hit by filling the list. Neighbours tied in similarity are taken
+in sample order and tied votes go to the lower class index (DINO's order on ties is whatever its sort
+gives), so results are deterministic. The same function is the training run's online monitor (leave-one-out on the validation shards).
 
 The neighbour maths (stable top-k, chunked cosine neighbours, votes) lives in `avcl.neighbours`.
 """
@@ -37,11 +39,18 @@ def run(engine: Engine, params: KnnParams, folds, modalities) -> list:
     for modality, spec, features, fold, train, test in engine.fold_features(params, folds, modalities):
         x, y = torch.from_numpy(features.features), torch.from_numpy(features.labels)
         top, index = top_neighbours(x[test], x[train], max(params.ks))  # once: the k nearest are a prefix
-        neighbour_labels = y[train][index]
-        metrics = {}
-        for k in params.ks:
-            scores = votes(top[:, :k], neighbour_labels[:, :k], engine.num_classes, params.tau).numpy()
-            metrics[f"top1@k{k}"] = 100 * classify.topk_accuracy(scores, y[test].numpy(), 1)
-            metrics[f"top5@k{k}"] = 100 * classify.topk_accuracy(scores, y[test].numpy(), 5)
+        metrics = knn_metrics(top, y[train][index], y[test], params.ks, engine.num_classes, params.tau)
         rows.append(engine.row(fold, "knn", modality, metrics, params, spec, layer=spec.layer))
     return rows
+
+
+def knn_metrics(top: torch.Tensor, neighbour_labels: torch.Tensor, labels: torch.Tensor, ks, classes: int,
+                tau: float) -> dict[str, float]:
+    """top-1 and top-5 (DINO's: of the first min(5, k) ranked classes) for each k, from the nearest neighbours'
+    similarities and labels [Q, max(ks)], sorted nearest first."""
+    metrics = {}
+    for k in ks:
+        scores = votes(top[:, :k], neighbour_labels[:, :k], classes, tau).numpy()
+        metrics[f"top1@k{k}"] = 100 * classify.topk_accuracy(scores, labels.numpy(), 1)
+        metrics[f"top5@k{k}"] = 100 * classify.topk_accuracy(scores, labels.numpy(), min(5, k))
+    return metrics

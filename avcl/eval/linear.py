@@ -5,7 +5,8 @@ stored frames whatever rate the data has; centre crop), GAP, L2-normalised, aver
 (or a linear SVM, `classifier = "svm"`) on standardised features, C chosen on a held-out 10 % of train and
 refitted on all of train. Video-level top-1 and top-5 per split, and their mean.
 `--protocol linear-svm-tcgl` is TCGL's setting exactly: 16 consecutive stored frames per clip, raw
-clip-averaged GAP features, liblinear `-s 2 -c 100` without a bias term (classify's `svm-tcgl`).
+clip-averaged GAP features, liblinear itself with `-s 2 -c 100` and no bias term (classify's `svm-tcgl`);
+each row names the library and version that fitted it.
 """
 from __future__ import annotations
 
@@ -61,5 +62,6 @@ def linear_rows(engine: Engine, params: LinearParams, folds, modalities, protoco
         labels = features.labels[test]
         metrics = {"top1": 100 * classify.topk_accuracy(scores, labels, 1),
                    "top5": 100 * classify.topk_accuracy(scores, labels, 5)}
-        rows.append(engine.row(fold, protocol, modality, metrics, params, spec, c=fitted.c))
+        rows.append(engine.row(fold, protocol, modality, metrics, params, spec, c=fitted.c,
+                               classifier=classify.library(params.classifier)))
     return rows

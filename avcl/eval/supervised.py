@@ -127,7 +127,7 @@ def _train_stream(engine: Engine, params, fold: str, modality: str, ranks: int) 
     videos = dataset.coverage(engine.info, fold, "train")[1]
     spec = FeatureSpec(modality=modality, clips=1, frames=params.frames, fps=params.fps, size=params.size,
                        augment_seed=params.seed)
-    views = feature_views(spec, engine.train_views())
+    views = feature_views(spec, engine.clip_geometry())
     config = stream_config(params.batch_size // ranks, engine.options.workers)
     config.seed = params.seed
     return TrainStream(sources, views, config, epoch_samples=videos * params.clips_per_video,
@@ -160,7 +160,7 @@ def _test(engine: Engine, params: SupervisedParams, model: Classifier, fold: str
     dataset = engine.dataset
     sources = [resolve(engine.url, s) for s in dataset.splits_holding(fold, "test", engine.splits)]
     config = stream_config(engine.options.batch_size, engine.options.workers)
-    stream = EvalStream(sources, feature_views(spec, engine.train_views()), config,
+    stream = EvalStream(sources, feature_views(spec, engine.clip_geometry()), config,
                         select=dataset.selector(fold, "test", engine.splits))
     softmax = lambda inputs: torch.softmax(model(inputs).float(), dim=-1)  # noqa: E731
     return extract(softmax, stream, engine.augment(spec), engine.autocast, max_clips=engine.max_clips)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from avcl.data.stream import EvalStream, StreamConfig, loader
-from avcl.data.views import eval_spec
+from avcl.data.views import evaluation_views
 from avcl.errors import TrainingError
 from avcl.extract import extract
 from avcl.methods.base import flat
@@ -62,7 +62,7 @@ def validation_terms(trainer, sources, spec, stream_config: StreamConfig, ctx: C
 
 def knn_monitor(trainer, sources, spec, stream_config: StreamConfig, k: int) -> float:
     """Leave-one-out weighted kNN top-1 on the validation shards' video features (1 centre clip per sample)."""
-    stream = EvalStream(sources, eval_spec(spec, 1), stream_config)
+    stream = EvalStream(sources, evaluation_views(spec.geometry, 1), stream_config)
     trainer.method.eval()
     embed = lambda inputs: trainer.method.video_features(flat(inputs["video"])).unflatten(0, inputs["video"].shape[:2])  # noqa: E731
     try:

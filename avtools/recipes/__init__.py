@@ -54,6 +54,7 @@ class Plan:
     clips: list[Clip]
     rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     other_classes: int = 0
+    split_rule: dict = dataclasses.field(default_factory=dict)  # the options deciding splits (recorded, never changed)
 
 
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")  # split names become shard and ledger file names

@@ -50,4 +50,5 @@ def hmdb51(definition: dict, options: RecipeOptions) -> Plan:
     return Plan([Clip(clip_id=Path(name).stem, label=cls, split=folds.get(str(options.fold), "unused"),
                       label_index=index[cls], path=str(files.get(name.lower(), Path(options.source) / cls / name)),
                       extra={"folds": folds}, origin=where)
-                 for name, (cls, folds, where) in sorted(videos.items())], rejected)
+                 for name, (cls, folds, where) in sorted(videos.items())], rejected,
+                split_rule={"fold": options.fold})

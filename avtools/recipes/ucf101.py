@@ -63,7 +63,7 @@ def ucf101(definition: dict, options: RecipeOptions) -> Plan:
     videos = index_videos(options.source)
     roles: dict[str, dict[str, str]] = {}
     origins: dict[str, str] = {}
-    made = Plan([])
+    made = Plan([], split_rule={"fold": options.fold})
     for fold, lists in read_splits(split_dir).items():
         for role, entries in lists.items():
             for entry, where in entries:
