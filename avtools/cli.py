@@ -134,7 +134,8 @@ def build_dataset(
     classes: Optional[List[str]] = typer.Option(None, help="Only these classes (repeatable)."),
     limit: Optional[int] = typer.Option(None, help="Process at most this many clips in this run."),
     fold: int = typer.Option(1, help="UCF101/HMDB51: the official split (1-3) deciding train/test shards."),
-    val_fraction: float = typer.Option(0.1, help="folder: share of clips put in val when there are no split folders."),
+    val_fraction: float = typer.Option(0.1, help="folder without split folders: the share of each class put in "
+                                                  "val, in [0, 1) (recorded: a rerun cannot change it)."),
     fps: Optional[str] = typer.Option(None, help="Output frames per second, or `native` (each video's own rate, "
                                                   "at most --max-fps). Default: the dataset's (native for ucf101 "
                                                   "and hmdb51, 16 otherwise)."),
@@ -253,6 +254,8 @@ def inspect(
     preset: str = typer.Option(None, help="With --views: a named preset, as `avtools train --preset`."),
     config: Path = typer.Option(None, help="With --views: a TOML file of overrides, as `avtools train --config`."),
     set_: list[str] = typer.Option(None, "--set", help="With --views: override one key, as `avtools train --set`."),
+    eval_clips: int = typer.Option(0, help="With --views: draw the N evenly spaced clips evaluation reads (speed 1, "
+                                            "forward, centre crop) instead of the training views."),
 ):
     """Describe a dataset (counts, classes, one sample's metadata) or shards; with --views, draw a method's views."""
     from avtools.inspect import describe
@@ -262,7 +265,7 @@ def inspect(
         from avtools.views_png import save_views_png
 
         written = save_views_png(url, views, png or Path(f"views-{views}.png"), preset=preset, config_file=config,
-                                 overrides=list(set_ or []))
+                                 overrides=list(set_ or []), eval_clips=eval_clips)
         console.print(f"wrote {written}")
         return
     info = describe(url)

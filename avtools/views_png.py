@@ -5,6 +5,9 @@ so the PNG shows the views and the augmentation training gets: its frames, frame
 flips and colour jitter (or none, as TCGL's preset), its log-mel settings. One row per view: a few of its
 frames after the training augmentation (de-normalised for display) and, when the method uses audio, the view's
 log-mel; titles carry the labels the method learns from (speed, direction, order).
+
+With `eval_clips` it draws what evaluation reads instead: that many evenly spaced clips at speed 1, forward,
+centre-cropped, from `avcl.data.views.evaluation_views` (the function every protocol reads through).
 """
 from __future__ import annotations
 
@@ -19,22 +22,24 @@ FRAMES_SHOWN = 6
 
 
 def save_views_png(url: str, method: str, out: Path, seed: int = 0, preset: str | None = None,
-                   config_file: Path | None = None, overrides: list[str] = ()) -> Path:
+                   config_file: Path | None = None, overrides: list[str] = (), eval_clips: int = 0) -> Path:
     plt = pyplot()
     import torch
 
     import avcl.methods as methods
     from avcl.data.augment import DeviceAugment
     from avcl.data.stream import collate
-    from avcl.data.views import make_views, run_spec
+    from avcl.data.views import evaluation_views, make_views, run_spec
     from avcl.train.config import load
 
     config = load(method, config_file, list(overrides), preset)
     spec = run_spec(methods.build(method, config.method).view_spec(), config.data)
+    if eval_clips:
+        spec = evaluation_views(spec.geometry, eval_clips)
     sample = first_raw_sample(url)
-    views = make_views(sample, spec, np.random.default_rng(seed))
+    views = make_views(sample, spec, None if eval_clips else np.random.default_rng(seed))
     augment = DeviceAugment(config.video, config.mel, config.spec_augment)
-    seen = augment(collate([views]), train=True, generator=torch.Generator().manual_seed(seed))
+    seen = augment(collate([views]), train=not eval_clips, generator=torch.Generator().manual_seed(seed))
     video = seen["video"][0]  # [N, 3, T, H, W]
     if config.video.normalize:
         video = video * augment.std[0] + augment.mean[0]
@@ -54,7 +59,8 @@ def save_views_png(url: str, method: str, out: Path, seed: int = 0, preset: str 
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     order = f", order class {int(views['order'])}" if int(views["order"]) >= 0 else ""
-    fig.suptitle(f"{method} views of {sample['__key__']}{order}", fontsize=9)
+    kind = f"evaluation views ({eval_clips} clips)" if eval_clips else "views"
+    fig.suptitle(f"{method} {kind} of {sample['__key__']}{order}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

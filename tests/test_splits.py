@@ -152,3 +152,31 @@ def test_train_and_test_sharing_a_sample_or_a_ucf101_group_are_refused():
         check_disjoint(train, np.array(["v_Drumming_g09_c05"]), "ucf101 split 1", True)
     check_disjoint(train, np.array(["v_Drumming_g01_c01"]), "ucf101 split 1", True)
     check_disjoint(train, np.array(["v_Drumming_g09_c05"]), "hmdb51 split 1", False)  # groups: official lists only
+
+
+SGD_SMALL = ["--set", "method.width=4", "--set", "protocol.epochs=1", "--set", "protocol.frames=8", "--set",
+             "protocol.size=64", "--set", "protocol.views=2x1", "--workers", "0", "--batch-size", "8"]
+
+
+@pytest.mark.parametrize("protocol, extra", [("knn", TINY), ("linear-sgd", SGD_SMALL)])
+def test_a_test_sample_also_among_the_train_samples_is_refused_by_every_kind_of_protocol(videos, tmp_path,
+                                                                                        protocol, extra):
+    """The val samples again as an extra train shard whose json says train (a mix an older build could leave):
+    the feature protocols see the key on both sides of their features, the streamed ones (fine-tuning, SGD
+    heads) in the json they select their samples by."""
+    from tests.test_stream import rewrite_shard
+
+    out = tmp_path / "ds"
+    assert build(videos, out, "--val-fraction", "0.25").exit_code == 0
+    val = sorted(out.glob("val-*.tar"))[0]
+    extra_shard = out / "train-000099.tar"
+    shutil.copyfile(val, extra_shard)
+    rewrite_shard(extra_shard, lambda name, data: data.replace(b'"split": "val"', b'"split": "train"')
+                  if name.endswith(".json") else data)
+    info = json.loads((out / "dataset.json").read_text())
+    samples = next(s["samples"] for s in info["splits"]["val"]["shards"] if s["name"] == val.name)
+    info["splits"]["train"]["shards"].append({"name": extra_shard.name, "samples": samples})
+    (out / "dataset.json").write_text(json.dumps(info))
+    result = run("eval", "folder", "--data", str(out), "--checkpoint", "random", "--method", "xmodal",
+                 "--protocol", protocol, "--modality", "video", *extra, "--cache-dir", str(tmp_path / "c"))
+    assert result.exit_code == 2 and "sample key(s) are in both train and test" in result.output, result.output

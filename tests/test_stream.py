@@ -247,6 +247,12 @@ def test_inspect_views_draws_what_the_model_sees(timecoded_dataset, tmp_path, me
         assert image.height > rows * 150 and np.asarray(image.convert("L")).std() > 10
     bad = CliRunner().invoke(app, ["inspect", str(timecoded_dataset), "--views", "nope"])
     assert bad.exit_code == 2 and "unknown method" in bad.output
+    evaluation = tmp_path / "eval.png"
+    result = CliRunner().invoke(app, ["inspect", str(timecoded_dataset), "--views", method, "--eval-clips", "4",
+                                      "--png", str(evaluation)])
+    assert result.exit_code == 0, result.output
+    with Image.open(evaluation) as image:
+        assert image.height > 4 * 150  # one row per evaluation clip, whatever the method trains on
 
 
 def test_audio_windows_read_by_seeking_equal_slices_of_the_whole_recording():

@@ -23,7 +23,7 @@ import torch
 from avcl.data.augment import DeviceAugment
 from avcl.data.schema import DatasetInfo
 from avcl.data.sources import SourceError, dataset_info, resolve, shard_stamps
-from avcl.data.stream import EvalStream
+from avcl.data.stream import BadData, EvalStream, read_samples, selected
 from avcl.data.views import ClipGeometry, run_spec
 from avcl.eval.datasets import EvalDataError, EvalDataset
 from avcl.eval.encoders import Encoders, clip_embedder
@@ -211,6 +211,19 @@ class Engine:
                 raise EvalDataError(f"{self.dataset.name} split {fold}: every train sample read has the same class "
                                     f"({self.class_name(int(classes[0]))}); a protocol needs two classes at least")
         return picked
+
+    def check_sides(self, fold: str) -> None:
+        """For protocols that stream their training samples (fine-tuning, SGD heads): the train and test sample
+        keys of `fold` read from the shards' json (one pass, no decoding) must be disjoint."""
+        keys = [self.role_keys(fold, role) for role in ("train", "test")]
+        check_disjoint(*keys, f"{self.dataset.name} split {fold}", self.dataset.kind == "official-splits")
+
+    def role_keys(self, fold: str, role: str) -> np.ndarray:
+        urls = [f"{self.url}/{shard.name}" for split in self.dataset.splits_holding(fold, role, self.splits)
+                for shard in self.info.splits[split].shards]
+        bad = BadData()
+        samples = selected(read_samples(iter(urls), bad), self.dataset.selector(fold, role, self.splits), bad)
+        return np.array([sample["__key__"] for sample in samples], dtype=object)
 
     def _nothing_read(self, fold: str, role: str) -> str:
         """Why no sample of `role` was read: the side is empty in dataset.json, its shards are missing, or every

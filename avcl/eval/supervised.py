@@ -86,6 +86,7 @@ def test_probabilities(engine: Engine, params: SupervisedParams, fold: str, moda
 
 def train_and_test(engine: Engine, params: SupervisedParams, fold: str, modality: str) -> Features:
     """Train on `fold`'s train samples, return the test Features of mean softmax over views."""
+    engine.check_sides(fold)
     torch.manual_seed(params.seed)
     dataset, device = engine.dataset, engine.device
     model = Classifier(engine, modality, engine.num_classes, params.dropout, params.freeze_backbone).to(device)
