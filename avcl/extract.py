@@ -66,25 +66,26 @@ def extract(embed, stream: EvalStream, augment: DeviceAugment, autocast_dtype: t
     device = augment.mean.device
     parts: dict[str, list] = {"keys": [], "labels": [], "folds": [], "features": [], "thumbs": []}
     generator = torch.Generator().manual_seed(0)
-    for batch in loader(stream, pin_memory=device.type == "cuda"):
-        valid = batch["valid"].bool()
-        if thumbs:
-            parts["thumbs"].append(_thumbnails(batch["video"][valid]))
-        outputs = []
-        for part in sub_batches(batch, max(1, max_clips // _clips_per_sample(batch, augment))):
-            inputs = augment(part, train=train_views, generator=generator)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                out = embed(inputs).float()
-            if normalize_clips:
-                out = F.normalize(out, dim=-1)
-            outputs.append(out if keep_clips else out.mean(1))
-        out = torch.cat(outputs)
-        parts["features"].append(out[valid.to(device)].cpu())
-        parts["labels"].append(batch["label"][valid])
-        parts["folds"].append(batch["folds"][valid])
-        parts["keys"] += [k for k, ok in zip(batch["key"], valid.tolist()) if ok]
-        if progress is not None:
-            progress(int(valid.sum()))
+    with loader(stream, pin_memory=device.type == "cuda") as batches:
+        for batch in batches:
+            valid = batch["valid"].bool()
+            if thumbs:
+                parts["thumbs"].append(_thumbnails(batch["video"][valid]))
+            outputs = []
+            for part in sub_batches(batch, max(1, max_clips // _clips_per_sample(batch, augment))):
+                inputs = augment(part, train=train_views, generator=generator)
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    out = embed(inputs).float()
+                if normalize_clips:
+                    out = F.normalize(out, dim=-1)
+                outputs.append(out if keep_clips else out.mean(1))
+            out = torch.cat(outputs)
+            parts["features"].append(out[valid.to(device)].cpu())
+            parts["labels"].append(batch["label"][valid])
+            parts["folds"].append(batch["folds"][valid])
+            parts["keys"] += [k for k, ok in zip(batch["key"], valid.tolist()) if ok]
+            if progress is not None:
+                progress(int(valid.sum()))
     local = {name: torch.cat(parts[name]) if parts[name] else None for name in ("features", "labels", "folds", "thumbs")}
     gathered = {name: gather_rows(value, device) for name, value in local.items() if value is not None}
     keys = gather_objects(parts["keys"])

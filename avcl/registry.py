@@ -58,8 +58,14 @@ class Registry:
         if self._discovered:
             return
         self._discovered = True
-        for name in [self.package, *plugins()]:
-            import_tree(name)
+        import_tree(self.package)
+        for name in plugins():
+            try:
+                import_tree(name)
+            except Exception as exc:  # a plugin is outside code: any failure to import it is the user's to fix
+                self._discovered = False
+                raise UserError(f"{PLUGINS}={os.environ.get(PLUGINS)!r}: plugin {name!r} does not import "
+                                f"({type(exc).__name__}: {exc}); fix it or remove it from {PLUGINS}") from None
 
 
 def plugins() -> list[str]:

@@ -35,8 +35,9 @@ from avcl.data.schema import DATASET_JSON, DatasetInfo
 from avcl.errors import UserError
 from avcl.machine import usable_cores
 from avcl.storage import LocalStore, open_store
+from avcl.urls import redact
 from avtools import __version__
-from avtools.fetch import FetchOptions, Fetcher, redact
+from avtools.fetch import FetchOptions, Fetcher
 from avtools.ledger import (Ledger, LedgerRow, annotation_rows, failure_row, summarize, write_dataset_json,
                             write_ledger_table)
 from avtools.reasons import ClipError

@@ -27,8 +27,12 @@ console = make_console(stderr=True)
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, `error: ...` (the message printed as it is, brackets and all), and exit status 2."""
-    console.print(Text.assemble(("error: ", "red"), str(message)), soft_wrap=True)
+    print_error(message)
     raise typer.Exit(2)
+
+
+def print_error(message: str) -> None:
+    console.print(Text.assemble(("error: ", "red"), str(message)), soft_wrap=True)
 
 
 class NamesFromRegistries(TyperCommand):
@@ -179,7 +183,6 @@ def build_dataset(
     """
     from avcl.data.schema import FRAME_FORMATS
     from avtools.build import BuildOptions, build
-    from avtools.fetch import FetchOptions
     from avtools.progress import BuildProgress, print_summary
     from avtools.recipes import RecipeOptions, definitions
     if frames not in FRAME_FORMATS:
@@ -196,10 +199,10 @@ def build_dataset(
         recipe=RecipeOptions(source=source, annotations=list(annotations or []), kinetics=kinetics,
                              splits=list(split or []) or None, classes=list(classes or []) or None, fold=fold,
                              val_fraction=val_fraction, cache=cache),
-        fetch=FetchOptions(url_template=url_template, source=None if local else source, pad=pad,
-                           min_height=short_side, cookies=cookies, cookies_from_browser=cookies_from_browser,
-                           proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg,
-                           socket_timeout=socket_timeout),
+        fetch=_fetch_options(url_template=url_template, source=None if local else source, pad=pad,
+                             min_height=short_side, cookies=cookies, cookies_from_browser=cookies_from_browser,
+                             proxy=proxy, sleep=sleep, retries=retries, retry_wait=retry_wait, ffmpeg=ffmpeg,
+                             socket_timeout=socket_timeout),
         transcode=_transcode_settings(name, fps=_fps(fps), max_fps=max_fps, short_side=short_side,
                                       audio_rate=audio_rate, frames=frames, min_duration=min_duration,
                                       silence_db=silence_db, av_filters=av_filters),
@@ -210,6 +213,15 @@ def build_dataset(
     print_summary(console, result)
     if result.interrupted:
         raise typer.Exit(130)
+
+
+def _fetch_options(**given):
+    from avtools.fetch import FetchOptions
+
+    try:
+        return FetchOptions(**given)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _ks100_name(name: str, version: int | None) -> str:
@@ -484,4 +496,8 @@ def list_names(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except UserError as exc:  # raised outside a command: help text that lists a registry with a broken plugin
+        print_error(str(exc))
+        sys.exit(2)

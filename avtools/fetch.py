@@ -25,13 +25,12 @@ import urllib.parse
 from pathlib import Path
 
 from avcl.storage import retry
+from avcl.urls import redact, redact_text
 from avtools.ffmpeg import ffmpeg_dir, ranged_http_input_args
 from avtools.reasons import ClipError
 from avtools.recipes import MEDIA_SUFFIXES, Clip
 
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={youtube_id}"
-PUBLIC_QUERY = ("v",)  # query parameters whose values are kept when a URL is stored: YouTube's video id
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
 @dataclasses.dataclass
@@ -50,6 +49,13 @@ class FetchOptions:
     ffmpeg: Path | None = None  # a system ffmpeg; default: the one from imageio-ffmpeg
     workroot: str | None = None  # where downloads are written (a build's own folder, removed at its end)
 
+    def __post_init__(self):
+        try:
+            self.url_template.format(youtube_id="x")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"--url-template {self.url_template!r} cannot be filled in ({type(exc).__name__}: "
+                             f"{exc}): name the video id as {{youtube_id}}, e.g. https://mirror/{{youtube_id}}.mp4") from None
+
 
 @dataclasses.dataclass
 class Fetched:
@@ -62,25 +68,6 @@ class Fetched:
     def release(self) -> None:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def redact(url: str) -> str:
-    """A URL fit to store and share: without user:password, fragment, or the values of query parameters other
-    than PUBLIC_QUERY (signatures, tokens, keys of signed URLs)."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return url
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    query = [(k, v if k in PUBLIC_QUERY else "REDACTED") for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="="), ""))
-
-
-def redact_text(text: str) -> str:
-    """`text` with every URL in it redacted."""
-    return _URL.sub(lambda m: redact(m.group(0)), text)
 
 
 class Fetcher:

@@ -61,14 +61,20 @@ def describe_shards(pattern: str) -> dict:
 
 def describe_shard(url: str) -> dict:
     labels: collections.Counter[str] = collections.Counter()
-    first, n = None, 0
+    first, n, without_json = None, 0, []
     with reading(url), open_url(url) as stream:
         for sample in iter_samples(stream):
+            if schema.JSON_EXT not in sample:  # counted and named, as the loader skips it
+                without_json.append(sample["__key__"])
+                continue
             meta = schema.decode_json(sample[schema.JSON_EXT])
             labels[meta.get("label") or ""] += 1
             n += 1
             first = first or _sample_summary(sample, meta)
-    return {"kind": "shard", "url": url, "samples": n, "classes": dict(sorted(labels.items())), "sample": first}
+    described = {"kind": "shard", "url": url, "samples": n, "classes": dict(sorted(labels.items())), "sample": first}
+    if without_json:
+        described["without_json"] = {"count": len(without_json), "keys": without_json[:5]}
+    return described
 
 
 def first_raw_sample(url: str) -> dict:
@@ -91,7 +97,7 @@ def first_in_shard(url: str) -> dict | None:
 
 def first_sample(url: str) -> dict | None:
     sample = first_in_shard(url)
-    if sample is None:
+    if sample is None or schema.JSON_EXT not in sample:
         return None
     with reading(url):
         return _sample_summary(sample, schema.decode_json(sample[schema.JSON_EXT]))

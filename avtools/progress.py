@@ -104,6 +104,10 @@ def print_description(console: Console, info: dict) -> None:
     else:
         shards = f"{info['shards']} shards " if info['kind'] == 'shards' else 'shard '
         console.print(f"{shards}{info['url']}: {info['samples']} samples, {len(info['classes'])} classes")
+        if info.get("without_json"):
+            missing = info["without_json"]
+            console.print(f"[yellow]{missing['count']} tar group(s) without a json member[/] (the loader skips "
+                          f"them), e.g. {', '.join(missing['keys'])}", soft_wrap=True)
     if info.get("sample"):
         console.print(f"sample {info['sample']['key']}: members {', '.join(info['sample']['members'])}")
         meta = dict(info["sample"]["json"])

@@ -252,3 +252,11 @@ def test_ledger_parts_are_compacted_and_read_the_same(tmp_path):
     store.put_bytes("ledger/train-000000.parquet", kept)  # killed before the old parts were deleted
     assert {k: (r.status, r.finished_at) for k, r in Ledger(store, "").load().items()} == before
     assert ledger.compact(lambda name: belongs_to(name, "", {"train"})) == 0  # two parts: under the bound
+
+
+@pytest.mark.parametrize("template", ["http://127.0.0.1:9/{id}.mp4", "http://127.0.0.1:9/{0}.mp4", "http://h/{youtube_id"])
+def test_a_url_template_that_cannot_be_filled_in_is_refused_before_the_build(tmp_path, template):
+    result = CliRunner().invoke(app, ["build-dataset", "kinetics-sounds32", "--out", str(tmp_path / "out"),
+                                      "--url-template", template])
+    assert result.exit_code == 2 and "--url-template" in result.output and "{youtube_id}" in result.output
+    assert not (tmp_path / "out").exists()

@@ -298,6 +298,7 @@ def test_sigterm_checkpoints_and_resume_falls_back_past_a_garbage_last_pt(timeco
     assert f"{run}/last.pt: not a readable avtools checkpoint" in resumed.stderr
     assert f"resuming from {run}/{name} (step {start})" in resumed.stderr
     assert metrics(run)[-(step + 4 - start):] == list(range(start + 1, step + 5))
+    assert metrics(run) == sorted(set(metrics(run)))  # the steps after `start` were dropped, not logged twice
 
 
 def test_version_workers_and_optional_wandb(timecoded_dataset, tmp_path, monkeypatch):

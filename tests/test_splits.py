@@ -180,3 +180,16 @@ def test_a_test_sample_also_among_the_train_samples_is_refused_by_every_kind_of_
     result = run("eval", "folder", "--data", str(out), "--checkpoint", "random", "--method", "xmodal",
                  "--protocol", protocol, "--modality", "video", *extra, "--cache-dir", str(tmp_path / "c"))
     assert result.exit_code == 2 and "sample key(s) are in both train and test" in result.output, result.output
+
+
+def test_inspect_counts_a_tar_group_without_json(videos, tmp_path):
+    from tests.test_stream import rewrite_shard
+
+    out = tmp_path / "ds"
+    assert build(videos, out, "--val-fraction", "0.25").exit_code == 0
+    shard = sorted(out.glob("train-*.tar"))[0]
+    dropped = []
+    rewrite_shard(shard, lambda name, data: dropped.append(name) if name.endswith(".json") and not dropped else data)
+    result = run("inspect", str(shard))
+    assert result.exit_code == 0 and "1 tar group(s) without a json member" in result.output, result.output
+    assert dropped[0].rsplit(".", 1)[0] in result.output

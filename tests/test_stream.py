@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from avcl.data.sources import SourceError, resolve, resolve_all
-from avcl.data.stream import EvalStream, StreamConfig, TrainStream, loader
+from avcl.data.stream import EvalStream, StreamConfig, StreamError, TrainStream, loader
 import avcl.methods as methods
 from avcl.data.views import ViewSpec, evaluation_views, make_views, permutations, run_spec
 from tests.conftest import TIMECODED_FPS
@@ -60,7 +60,7 @@ def test_sources_take_counts_from_dataset_json_and_name_bad_specs(timecoded_data
         resolve(str(timecoded_dataset), "val")
     with pytest.raises(SourceError, match="dataset folder"):
         resolve(str(tmp_path))
-    with pytest.raises(ValueError, match="no sample counts"):
+    with pytest.raises(StreamError, match=r"no sample counts for pipe:cat x.tar: .* --set data.epoch_samples=N"):
         TrainStream([resolve("pipe:cat x.tar")], SPEC, StreamConfig(2))
 
 

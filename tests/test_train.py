@@ -229,3 +229,69 @@ def test_knn_monitor_logs_and_picks_best(timecoded_dataset, tmp_path):
     assert all(0.0 <= r["knn_top1"] <= 1.0 for r in rows)  # 7 labelled samples, leave-one-out
     best = checkpoint.load(run / "best.pt")["state"]
     assert best["best"] == pytest.approx(max(r["knn_top1"] for r in rows), abs=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=nan", "optim.lr: nan is not a finite number"),
+    ("optim.lr=inf", "optim.lr: inf is not a finite number"),
+    ("optim.lr=-0.1", "optim.lr: must be above 0"),
+    ("data.batch_size=0", "data.batch_size: must be above 0"),
+    ("run.accumulate=0", "run.accumulate: must be above 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay: must be 0 or more"),
+    ("optim=5", "[optim] must be a table of keys"),
+])
+def test_config_values_out_of_range_are_one_line_errors_naming_the_key(tmp_path, override, message):
+    result = CliRunner().invoke(app, ["train", "--method", "xmodal", "--preset", "demo", "--data", str(tmp_path),
+                                      "--out", str(tmp_path / "run"), "--set", override])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+class _Hostile:
+    """Unpickling this runs a command: a checkpoint an attacker crafted."""
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_pickle_is_named_as_such_and_never_run(tmp_path):
+    hostile = _Hostile()
+    hostile.marker = str(tmp_path / "ran")
+    torch.save({"model": hostile}, tmp_path / "evil.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="holds code or objects avtools does not load"):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.slow
+def test_a_source_of_nothing_ends_training_with_one_line_every_time(tmp_path):
+    """`pipe:false` yields no sample: training must stop naming it, and the process must exit (loader workers
+    ignore a group-wide SIGTERM, so an exit that waits on them hangs); repeated to catch an intermittent hang."""
+    for attempt in range(5):
+        done = subprocess.run([sys.executable, "-m", "avtools", "train", "--method", "xmodal", "--preset", "demo",
+                               "--data", "pipe:false", "--out", str(tmp_path / f"r{attempt}"), "--max-steps", "2",
+                               "--device", "cpu", "--set", "data.epoch_samples=16", "--set", "data.workers=2"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr[-2000:]
+        last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: 32 shards in a row held no samples, the last pipe:false"), last
+        assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_resume_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
+    from avcl.train.logs import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)) + '{"step": 5, "lo')
+    truncate_metrics(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("command", [["train", "--help"], ["list", "methods"]])
+def test_a_broken_plugin_is_one_line_naming_the_variable(command):
+    done = subprocess.run([sys.executable, "-m", "avtools", *command], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AVTOOLS_PLUGINS": "no_such_avtools_plugin"})
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2 and "Traceback" not in out, out[-2000:]
+    assert out.splitlines()[-1].startswith("error: AVTOOLS_PLUGINS='no_such_avtools_plugin': plugin")

@@ -19,14 +19,19 @@ invalid (evaluation), counted, and reported in rate-limited warnings.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
+import multiprocessing
+import os
 import random
 import signal
+import weakref
 import zlib
 from typing import Iterator
 
@@ -39,8 +44,14 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from avcl.data.decode import SampleError, sample_meta
 from avcl.data.sources import Source, open_url
 from avcl.data.views import ViewSpec, empty_views, make_views
+from avcl.errors import UserError
+from avcl.urls import redact
 
 log = logging.getLogger("avcl.data")
+
+
+class StreamError(UserError):
+    """A source whose data training cannot use (nothing but unreadable shards or samples); the message names it."""
 
 
 class BadData:
@@ -59,6 +70,7 @@ class BadData:
 
 
 MAX_UNREADABLE_IN_A_ROW = 32
+MAX_BAD_SAMPLES_IN_A_ROW = 1000  # training stops naming its sources rather than spin on data it cannot use
 
 
 def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
@@ -78,14 +90,18 @@ def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
                 except Exception as exc:
                     failures += 1
                     if failures >= MAX_UNREADABLE_IN_A_ROW:
-                        raise OSError(f"{failures} shards in a row could not be opened, the last {url}: {exc}") from exc
+                        raise StreamError(f"{failures} shards in a row could not be opened, the last {redact(url)}: "
+                                          f"{exc}") from exc
                     bad(OSError(f"cannot read shard {url}: {exc}"))
                     continue
                 failures = 0
                 try:
                     yield {"url": url, "stream": stream}
                 finally:
-                    stream.close()
+                    try:
+                        stream.close()
+                    except OSError as exc:  # a pipe: command that failed, a connection cut at the end
+                        bad(OSError(f"shard {redact(url)}: {exc}"))
         finally:
             for _, opening in upcoming:  # opened ahead, never read: how its pipe: command ended does not matter
                 if opening.exception() is None:
@@ -96,8 +112,16 @@ def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
 def read_samples(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
     """Raw samples ({'__key__', ext: bytes}) of the shards at `urls`, read and grouped by WebDataset's own code."""
     def files():
+        empty = 0  # shards in a row that held no member: a source of nothing (pipe:false, an empty file)
         for shard in _open_shards(urls, bad):
-            yield from tar_file_expander([shard], handler=bad, eof_value=None)
+            members = 0
+            for member in tar_file_expander([shard], handler=bad, eof_value=None):
+                members += 1
+                yield member
+            empty = 0 if members else empty + 1
+            if empty >= MAX_UNREADABLE_IN_A_ROW:
+                raise StreamError(f"{empty} shards in a row held no samples, the last {redact(shard['url'])}: check "
+                                  "the source (a pipe: command that prints nothing or fails, empty or truncated files)")
             yield {}  # end of shard, also after a truncated one, so no sample spans two shards
 
     return group_by_keys(files(), handler=bad)
@@ -179,17 +203,24 @@ class TrainStream(IterableDataset):
 
     def _views(self, sample: dict, rng, bad: BadData) -> dict | None:
         try:
-            return _with_key(make_views(sample, self.spec, rng), sample["__key__"])
+            views = _with_key(make_views(sample, self.spec, rng), sample["__key__"])
         except SampleError as exc:
             bad(exc)
+            self.bad_in_a_row = getattr(self, "bad_in_a_row", 0) + 1
+            if self.bad_in_a_row >= MAX_BAD_SAMPLES_IN_A_ROW:
+                raise StreamError(f"{self.bad_in_a_row} samples in a row could not be used, the last: {exc}; "
+                                  f"check the data ({', '.join(redact(s.given) for s in self.sources)})") from None
             return None
+        self.bad_in_a_row = 0
+        return views
 
 
 def _total_samples(sources: list[Source]) -> int:
     unknown = [s.given for s in sources if s.num_samples is None]
     if unknown:
-        raise ValueError(f"no sample counts for {unknown}: point at a dataset folder or at shards with their "
-                         "dataset.json beside them, or give the epoch size explicitly")
+        raise StreamError(f"no sample counts for {', '.join(redact(u) for u in unknown)}: point at a dataset folder "
+                          "or at shards with their dataset.json beside them, or give the epoch size (training: --set "
+                          "data.epoch_samples=N)")
     return sum(s.num_samples for s in sources)
 
 
@@ -273,16 +304,80 @@ def _chunks(items, size: int):
         yield chunk
 
 
-def loader(stream: TrainStream | EvalStream, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over a stream that already yields batches, with the stream's configured workers."""
-    workers = stream.config.workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None,
-                      worker_init_fn=_leave_stop_signals_to_the_main_process if workers else None)
+def loader(stream: TrainStream | EvalStream, pin_memory: bool = False) -> "Batches":
+    """The stream's batches through a DataLoader with the stream's configured workers (see `Batches`)."""
+    return Batches(stream, pin_memory)
 
 
-def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """Workers ignore SIGINT and SIGTERM: Ctrl-C or a scheduler's signal reaches the whole process group, and the
-    main process decides (training checkpoints first); workers end when it shuts the loader down or exits."""
+class Batches:
+    """A DataLoader's batches whose workers always end: `close()` (or the end of a `with` block, or interpreter
+    exit) shuts them down. Workers ignore SIGINT and SIGTERM while the loader runs: Ctrl-C or a scheduler's signal
+    reaches the whole process group and the main process decides (training checkpoints first); once the loader
+    is being shut down, a SIGTERM from the main process ends them at once, so no exit waits on a busy worker.
+    A worker's UserError (data it cannot use, named) arrives as its own one-line message."""
+
+    _open: "weakref.WeakSet[Batches]" = weakref.WeakSet()
+
+    def __init__(self, stream: TrainStream | EvalStream, pin_memory: bool = False):
+        workers = stream.config.workers
+        self.stopping = multiprocessing.get_context().Event() if workers else None
+        init = functools.partial(_worker_signals, self.stopping) if workers else None
+        self._loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                  persistent_workers=False, prefetch_factor=4 if workers else None,
+                                  worker_init_fn=init)
+        self._iterator = None
+        Batches._open.add(self)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        if self._iterator is None:
+            self._iterator = iter(self._loader)
+        return self
+
+    def __next__(self):
+        try:
+            return next(iter(self)._iterator)
+        except UserError as exc:
+            raise type(exc)(_worker_message(exc)) from None
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.stopping is not None:
+            self.stopping.set()
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iterator = None
+
+    def __enter__(self) -> "Batches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@atexit.register
+def _let_workers_go() -> None:
+    """At exit, before multiprocessing terminates and joins the workers of loaders never closed: let them go."""
+    for batches in list(Batches._open):
+        if batches.stopping is not None:
+            batches.stopping.set()
+
+
+def _worker_signals(stopping, worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0) if stopping.is_set() else None)
+
+
+def _worker_message(exc: Exception) -> str:
+    """The original message of an exception a DataLoader worker raised (torch re-raises it with the worker's
+    whole traceback as its message)."""
+    text = str(exc).rstrip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.{type(exc).__name__}: ") else last

@@ -104,18 +104,18 @@ def train_and_test(engine: Engine, params: SupervisedParams, fold: str, modality
     model.train()
     for epoch in range(epochs):
         train_stream.config.epoch = epoch
-        batches = iter(loader(train_stream, pin_memory=device.type == "cuda"))
-        for batch in batches:
-            inputs = augment(batch, train=True)
-            with torch.autocast(device.type, dtype=engine.autocast or torch.float32, enabled=engine.autocast is not None):
-                logits = forward(inputs).mean(1).float()
-            loss = F.cross_entropy(logits, inputs["label"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if ranks > 1 and params.freeze_backbone:
-                _average_gradients(model.head)
-            optimizer.step()
-            scheduler.step()
+        with loader(train_stream, pin_memory=device.type == "cuda") as batches:
+            for batch in batches:
+                inputs = augment(batch, train=True)
+                with torch.autocast(device.type, dtype=engine.autocast or torch.float32, enabled=engine.autocast is not None):
+                    logits = forward(inputs).mean(1).float()
+                loss = F.cross_entropy(logits, inputs["label"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if ranks > 1 and params.freeze_backbone:
+                    _average_gradients(model.head)
+                optimizer.step()
+                scheduler.step()
     model.eval()
     return _test(engine, params, model, fold, modality)
 

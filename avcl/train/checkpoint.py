@@ -8,6 +8,7 @@ says so (never advising to load it with code execution allowed).
 """
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -59,9 +60,11 @@ def load(path: Path, map_location="cpu") -> dict:
 def unreadable_because(exc: Exception) -> str:
     """Why torch could not load a file, in a few words (torch's own message advises running its code)."""
     text = str(exc)
-    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    pickled = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
     if pickled:
-        return f"it holds a pickled {pickled.group(1)}, which avtools does not run"
+        return f"it holds code or objects avtools does not load (a pickled {pickled.group(1)})"
+    if isinstance(exc, pickle.UnpicklingError):  # whatever torch's wording: weights_only refused the pickle
+        return "it holds code or objects avtools does not load"
     if isinstance(exc, EOFError) or "PytorchStreamReader" in text or "central directory" in text:
         return "truncated or corrupt"
     return f"not a torch.save file: {type(exc).__name__}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -194,8 +195,20 @@ def from_dict(method_name: str, values: dict) -> TrainConfig:
     return TrainConfig(method_name=method_name, **built)
 
 
+# keys that must be above 0 (a zero batch divides by zero, a zero rate never learns); every number must be finite
+POSITIVE = {"data": ("batch_size", "canvas"), "optim": ("lr", "base_batch"),
+            "run": ("epochs", "accumulate", "log_every", "checkpoint_every", "knn_k"),
+            "video": ("size",), "mel": ("sample_rate", "n_fft", "hop", "n_mels")}
+NON_NEGATIVE = {"data": ("shuffle", "epoch_samples", "frames", "stride"),
+                "optim": ("momentum", "weight_decay", "warmup_epochs", "min_lr", "clip_grad"),
+                "run": ("max_steps", "keep_every", "knn_every")}
+
+
 def build_section(cls, values: dict, where: str):
-    """A config dataclass from a dict, naming unknown keys and wrong types."""
+    """A config dataclass from a dict, naming unknown keys, wrong types, non-finite numbers and values out of
+    range."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table of keys (e.g. {where}.KEY=VALUE), not {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
@@ -204,10 +217,22 @@ def build_section(cls, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+        _check_range(where, name, kwargs[name])
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def _check_range(section: str, key: str, value) -> None:
+    numbers = [v for v in (value if isinstance(value, (list, tuple)) else [value])
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if any(not math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{section}.{key}: {value!r} is not a finite number")
+    if key in POSITIVE.get(section, ()) and any(v <= 0 for v in numbers):
+        raise ConfigError(f"{section}.{key}: must be above 0, got {value!r}")
+    if key in NON_NEGATIVE.get(section, ()) and any(v < 0 for v in numbers):
+        raise ConfigError(f"{section}.{key}: must be 0 or more, got {value!r}")
 
 
 def _coerce(hint, value, where: str):

@@ -40,18 +40,19 @@ def validation_terms(trainer, sources, spec, stream_config: StreamConfig, ctx: C
     count = 0
     trainer.method.eval()
     try:
-        for batch in loader(stream, pin_memory=ctx.device.type == "cuda"):
-            valid = batch["valid"].bool()
-            if not valid.any():
-                continue
-            kept = {k: v[valid] if torch.is_tensor(v) else v for k, v in batch.items()}
-            generator = torch.Generator().manual_seed(count)
-            with trainer._autocast():
-                _, terms = trainer.method(trainer.augment(kept, train=True, generator=generator))
-            n = int(valid.sum())
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
-            count += n
+        with loader(stream, pin_memory=ctx.device.type == "cuda") as batches:
+            for batch in batches:
+                valid = batch["valid"].bool()
+                if not valid.any():
+                    continue
+                kept = {k: v[valid] if torch.is_tensor(v) else v for k, v in batch.items()}
+                generator = torch.Generator().manual_seed(count)
+                with trainer._autocast():
+                    _, terms = trainer.method(trainer.augment(kept, train=True, generator=generator))
+                n = int(valid.sum())
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * n
+                count += n
     finally:
         trainer.method.train()
     totals = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [count], dtype=torch.float64)

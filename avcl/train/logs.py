@@ -15,6 +15,26 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records after `step` (and a half-written last line): a run resumed from an older checkpoint (a
+    fallback past an unreadable last.pt, a local log ahead of the uploaded checkpoint) logs those steps again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and _record_step(line) <= step]
+    if kept != lines:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLog:
     """Rank 0 writes; other ranks hold a silent instance so the loop never branches on rank. Files go to the run
     folder's local side; `sync` uploads them when the run folder is remote."""
@@ -22,6 +42,8 @@ class RunLog:
     def __init__(self, folder: RunFolder, config: TrainConfig, total_steps: int, first_step: int, active: bool):
         self.folder, self.active = folder, active
         self.progress = Progress("train", total_steps, first_step, active=active)
+        if active:
+            truncate_metrics(folder.path(METRICS), first_step)
         self.metrics = open(folder.path(METRICS), "a") if active else None
         self.tensorboard = _tensorboard(folder.path(TENSORBOARD)) if active else None
         self.wandb = _wandb(config, folder) if active and config.run.wandb else None

@@ -12,6 +12,7 @@ loop state and RNG, and reopens the data stream at the checkpoint's epoch with a
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import dataclasses
 import json
 import math
@@ -229,50 +230,51 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, allow_conf
                   f"{ctx.device}, {run.precision if ctx.device.type == 'cuda' else 'fp32'}; run folder {folder.url}")
         log.print(f"config ({folder.url_of(CONFIG)}): {compact(config)}")
         while state["step"] < total:
-            epoch = state["step"] // steps_per_epoch
-            stream = TrainStream(sources, spec, _stream_config(data, micro, ctx, epoch, run.seed + 1_000_003 * state["resumes"]),
-                                 data.epoch_samples or None)
-            batches = iter(loader(stream, pin_memory=ctx.device.type == "cuda"))
-            remaining = min(steps_per_epoch - state["step"] % steps_per_epoch, total - state["step"])
-            epoch_losses = []
-            for _ in range(remaining):
-                if stop.agreed(ctx):
-                    _save(trainer, state, folder, ctx, config, log)
-                    raise Stopped(stop.signum, state["step"], folder.url_of(checkpoint.LAST))
-                started = time.perf_counter()
-                raw = [next(batches) for _ in range(run.accumulate)]
-                waited = time.perf_counter() - started
-                try:
-                    loss, terms = trainer.step(raw, state["step"] + 1)
-                except NonFiniteLoss as exc:
-                    raise TrainingError(f"{exc}; stopped. The last good checkpoint is {_last_good(folder)}. "
-                                        "Lower optim.lr, add warm-up (optim.warmup_epochs) or set optim.clip_grad, "
-                                        "then --resume.") from None
-                except torch.OutOfMemoryError:
-                    raise TrainingError(f"out of memory at {micro} samples per rank and step: lower --batch-size or "
-                                        f"raise --set run.accumulate={run.accumulate * 2} (same global batch, "
-                                        "less memory)") from None
-                state["step"] += 1
-                epoch_losses.append(loss)
-                elapsed = time.perf_counter() - started
-                values = {"loss": loss, "lr": trainer.optimizer.param_groups[0]["lr"],
-                          "clips_per_s": clips_per_step / elapsed, "data_wait": waited / elapsed,
-                          **{f"loss/{k}": v for k, v in terms.items()}}
-                step = state["step"]
-                if run.knn_every and val_sources and step % run.knn_every == 0:
-                    values["knn_top1"] = knn_monitor(trainer, val_sources, spec, heldout, run.knn_k)
-                    _keep_best(trainer, state, values["knn_top1"], folder, ctx, config)
-                log.step(step, values, show=step % run.log_every == 0 or step == total or "knn_top1" in values)
-                keep = bool(run.keep_every) and step % run.keep_every == 0
-                if keep or step % run.checkpoint_every == 0 or step == total:
-                    _save(trainer, state, folder, ctx, config, log, keep=keep)
-            epoch_loss = mean_over_ranks(epoch_losses, ctx)
-            if config.optim.schedule == "plateau":
-                trainer.scheduler.step(plateau_metric(trainer, plateau_sources, spec, heldout, ctx, config, epoch_loss,
-                                                      log))
-            if not (run.knn_every and val_sources):
-                _keep_best(trainer, state, -epoch_loss, folder, ctx, config)
-            _save(trainer, state, folder, ctx, config, log)
+            with contextlib.ExitStack() as epochs:  # the epoch's loader workers end with it, whatever the exit
+                epoch = state["step"] // steps_per_epoch
+                stream = TrainStream(sources, spec, _stream_config(data, micro, ctx, epoch, run.seed + 1_000_003 * state["resumes"]),
+                                     data.epoch_samples or None)
+                batches = epochs.enter_context(loader(stream, pin_memory=ctx.device.type == "cuda"))
+                remaining = min(steps_per_epoch - state["step"] % steps_per_epoch, total - state["step"])
+                epoch_losses = []
+                for _ in range(remaining):
+                    if stop.agreed(ctx):
+                        _save(trainer, state, folder, ctx, config, log)
+                        raise Stopped(stop.signum, state["step"], folder.url_of(checkpoint.LAST))
+                    started = time.perf_counter()
+                    raw = [next(batches) for _ in range(run.accumulate)]
+                    waited = time.perf_counter() - started
+                    try:
+                        loss, terms = trainer.step(raw, state["step"] + 1)
+                    except NonFiniteLoss as exc:
+                        raise TrainingError(f"{exc}; stopped. The last good checkpoint is {_last_good(folder)}. "
+                                            "Lower optim.lr, add warm-up (optim.warmup_epochs) or set optim.clip_grad, "
+                                            "then --resume.") from None
+                    except torch.OutOfMemoryError:
+                        raise TrainingError(f"out of memory at {micro} samples per rank and step: lower --batch-size or "
+                                            f"raise --set run.accumulate={run.accumulate * 2} (same global batch, "
+                                            "less memory)") from None
+                    state["step"] += 1
+                    epoch_losses.append(loss)
+                    elapsed = time.perf_counter() - started
+                    values = {"loss": loss, "lr": trainer.optimizer.param_groups[0]["lr"],
+                              "clips_per_s": clips_per_step / elapsed, "data_wait": waited / elapsed,
+                              **{f"loss/{k}": v for k, v in terms.items()}}
+                    step = state["step"]
+                    if run.knn_every and val_sources and step % run.knn_every == 0:
+                        values["knn_top1"] = knn_monitor(trainer, val_sources, spec, heldout, run.knn_k)
+                        _keep_best(trainer, state, values["knn_top1"], folder, ctx, config)
+                    log.step(step, values, show=step % run.log_every == 0 or step == total or "knn_top1" in values)
+                    keep = bool(run.keep_every) and step % run.keep_every == 0
+                    if keep or step % run.checkpoint_every == 0 or step == total:
+                        _save(trainer, state, folder, ctx, config, log, keep=keep)
+                epoch_loss = mean_over_ranks(epoch_losses, ctx)
+                if config.optim.schedule == "plateau":
+                    trainer.scheduler.step(plateau_metric(trainer, plateau_sources, spec, heldout, ctx, config, epoch_loss,
+                                                          log))
+                if not (run.knn_every and val_sources):
+                    _keep_best(trainer, state, -epoch_loss, folder, ctx, config)
+                _save(trainer, state, folder, ctx, config, log)
         _save(trainer, state, folder, ctx, config, log)  # also when a resume had nothing left to do
         if ctx.main:
             plot_curves(folder)
