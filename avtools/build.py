@@ -249,6 +249,9 @@ def _worker_context():
     """Workers start from a fork server, which imported this module once, where the platform has one. Never
     plain fork: a thread of this process (rich's refresh, a caller's server) can hold a lock, stdout's among
     them, at the moment of the fork, and the child then waits for it forever."""
+    # workers import avtools from the installation, never from a folder named avtools in the current directory
+    # (a clone's parent): Python >= 3.11 leaves the working directory off the fork server's import path
+    os.environ["PYTHONSAFEPATH"] = "1"
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")

@@ -260,3 +260,17 @@ def test_a_url_template_that_cannot_be_filled_in_is_refused_before_the_build(tmp
                                       "--url-template", template])
     assert result.exit_code == 2 and "--url-template" in result.output and "{youtube_id}" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_named_avtools_in_the_working_directory_does_not_reach_the_workers(tmp_path):
+    from tests.support.timecoded import write_timecoded
+
+    (tmp_path / "avtools").mkdir()  # e.g. the parent folder of a clone: a namespace package named avtools
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    write_timecoded(tmp_path / "src" / "a" / "x.mp4", seconds=2, fps=8, size=(64, 48))
+    done = subprocess.run([str(Path(sys.executable).with_name("avtools")), "build-dataset", "folder", "--source",
+                           "src", "--out", "out", "--no-card", "--workers", "2", "--val-fraction", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "this run: 1 ok, 0 failed" in done.stdout + done.stderr, done.stderr

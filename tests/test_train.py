@@ -295,3 +295,18 @@ def test_a_broken_plugin_is_one_line_naming_the_variable(command):
     out = (done.stdout + done.stderr).strip()
     assert done.returncode == 2 and "Traceback" not in out, out[-2000:]
     assert out.splitlines()[-1].startswith("error: AVTOOLS_PLUGINS='no_such_avtools_plugin': plugin")
+
+
+@pytest.mark.slow  # the unreachable server is retried with backoff first
+@pytest.mark.parametrize("command", [
+    ["train", "--method", "xmodal", "--preset", "demo", "--out", "{tmp}/run", "--max-steps", "1", "--data"],
+    ["eval", "folder", "--checkpoint", "random", "--method", "xmodal", "--protocol", "knn", "--data"],
+])
+def test_credentials_and_signatures_in_a_data_url_are_never_printed(tmp_path, command):
+    command = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    with_password = CliRunner().invoke(app, [*command, "http://user:s3cret@127.0.0.1:9/data"])
+    assert with_password.exit_code == 2 and "user:password in an http(s) data URL is not supported" in with_password.output
+    signed = CliRunner().invoke(app, [*command, "http://127.0.0.1:9/data?X-Amz-Signature=s3cret"])
+    assert signed.exit_code == 2
+    for result in (with_password, signed):
+        assert "s3cret" not in result.output, result.output

@@ -15,6 +15,7 @@ import queue
 import subprocess
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import IO
 
@@ -24,6 +25,7 @@ from avcl.data import schema
 from avcl.data.schema import DATASET_JSON, DatasetInfo
 from avcl.errors import UserError
 from avcl.storage import is_remote, location_folder, location_name, open_store, retry
+from avcl.urls import redact
 
 RETRIES = 4
 READ_BUFFER = 1 << 20  # tar parsing asks for 512-byte headers and small members: read the source in 1 MiB chunks
@@ -54,6 +56,10 @@ def open_url(url: str) -> IO[bytes]:
     """
     if url.startswith("pipe:"):
         return _PipeStream(url[len("pipe:"):])
+    if url.startswith(("http://", "https://")) and urllib.parse.urlsplit(url).password is not None:
+        raise SourceError(f"{redact(url)}: user:password in an http(s) data URL is not supported (it would be "
+                          "printed and stored); serve the shards without it, use a signed URL, or s3:// with the "
+                          "AWS_* variables")
     if url.startswith(("http://", "https://")):
         return io.BufferedReader(_ReadAhead(_open_http(url), url), READ_BUFFER)
     url = url[len("file://"):] if url.startswith("file://") else url
@@ -69,10 +75,10 @@ def _open_http(url: str):
         return retry(lambda: urllib.request.urlopen(url, timeout=60), RETRIES, 0.5, _transient_http)
     except urllib.error.HTTPError as exc:
         if exc.code in MISSING_HTTP:
-            raise FileNotFoundError(f"{url}: HTTP {exc.code}") from None
-        raise OSError(f"cannot open {url}: HTTP {exc.code} {exc.reason}") from None
+            raise FileNotFoundError(f"{redact(url)}: HTTP {exc.code}") from None
+        raise OSError(f"cannot open {redact(url)}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise OSError(f"cannot open {url}: {getattr(exc, 'reason', exc)}") from None
+        raise OSError(f"cannot open {redact(url)}: {getattr(exc, 'reason', exc)}") from None
 
 
 MISSING_HTTP = (403, 404, 410)  # 403: what S3-style servers answer for a missing key without list rights
@@ -117,7 +123,7 @@ class _ReadAhead(io.RawIOBase):
             if isinstance(item, Exception) or not item:
                 self.chunks.put(item)  # the end, or the error, stays for every later read
                 if item:
-                    raise OSError(f"cannot read {self.url}: {item}") from item
+                    raise OSError(f"cannot read {redact(self.url)}: {item}") from item
                 return 0
             self.pending = memoryview(item)
         got = min(len(buffer), len(self.pending))
@@ -168,10 +174,12 @@ def read_dataset_info(url: str) -> DatasetInfo | None:
             text = f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:  # unreachable server, refused connection, HTTP errors other than "not found"
+        raise SourceError(f"{exc}; check the address and that the server is up") from None
     try:
         return DatasetInfo.from_json(text)
     except schema.MetadataError as exc:
-        raise SourceError(f"{url}: {exc}; rebuild the dataset or restore the file") from None
+        raise SourceError(f"{redact(url)}: {exc}; rebuild the dataset or restore the file") from None
 
 
 def dataset_info(url: str) -> DatasetInfo | None:
@@ -199,7 +207,7 @@ def _http_stamp(url: str) -> list | None:
     except urllib.error.HTTPError as exc:
         if exc.code in MISSING_HTTP:
             return None
-        raise OSError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
+        raise OSError(f"cannot read {redact(url)}: HTTP {exc.code} {exc.reason}") from None
 
 
 def parse_weight(source: str) -> tuple[str, float]:

@@ -33,6 +33,7 @@ from avcl.progress import Progress, duration
 from avcl.registry import Registry
 from avcl.runtime import AUTOCAST, world
 from avcl.storage import cache_dir
+from avcl.urls import redact
 
 log = logging.getLogger("avcl.eval")
 
@@ -86,18 +87,19 @@ class Engine:
     def __init__(self, dataset: EvalDataset, encoders: Encoders, options: EvalOptions, device: torch.device):
         self.dataset, self.encoders, self.options, self.device = dataset, encoders, options, device
         self.url = options.data.rstrip("/")
+        self.shown = redact(self.url)  # what messages and rows name: no credentials, no signatures
         self.info = dataset_info(self.url)
         if self.info is None:
-            raise EvalDataError(f"{options.data}: no dataset.json there; evaluation reads a dataset folder built "
+            raise EvalDataError(f"{redact(options.data)}: no dataset.json there; evaluation reads a dataset folder built "
                                 "by `avtools build-dataset` (local, http(s):// or s3://)")
-        check_dataset_name(dataset, self.info, options.data)
-        check_shards_in_one_split(self.info, options.data)
+        check_dataset_name(dataset, self.info, self.shown)
+        check_shards_in_one_split(self.info, self.shown)
         self.splits = [name for name, split in self.info.splits.items() if split.shards]
         # what feature caches know of the data: dataset.json and each shard's size and time (or ETag)
         self.stamps = shard_stamps(self.url, self.info.shard_names())
         self.data_identity = cache_key(dataclasses.asdict(self.info), self.stamps)
         if dataset.kind == "single":
-            check_test_side(self.info, options.data)
+            check_test_side(self.info, self.shown)
         self.cache_hits = self.cache_misses = 0
         self.rank = world()[0]  # kept: the process group is left at the end of an evaluation
         self.autocast = AUTOCAST[options.precision] if device.type == "cuda" else None
@@ -232,14 +234,14 @@ class Engine:
         expected, available = self.dataset.coverage(self.info, fold, role)
         if available == 0:
             listed = f"its {expected} clip(s) all failed to build (see the ledger)" if expected else "it holds no clip"
-            return (f"{where}: the {role} side is empty in {self.url}'s dataset.json ({listed}); rebuild with a {role} "
+            return (f"{where}: the {role} side is empty in {self.shown}'s dataset.json ({listed}); rebuild with a {role} "
                     "split (folder: --val-fraction above 0, or train/ and val/ folders) or pick another --folds")
         names = [shard.name for split in self.dataset.splits_holding(fold, role, self.splits)
                  for shard in self.info.splits[split].shards]
         missing = [name for name in names if self.stamps.get(name) is None]
         if missing:
             return (f"{where}: {len(missing)} of the {len(names)} shard(s) holding its {role} samples are missing "
-                    f"from {self.url} (e.g. {missing[0]}); copy them there, or rerun the build into it")
+                    f"from {self.shown} (e.g. {missing[0]}); copy them there, or rerun the build into it")
         return (f"{where}: dataset.json lists {available} {role} sample(s) but every one was skipped as unreadable "
                 "(see the warnings above: damaged shards, samples without frames or audio); check the shards with "
                 "`avtools inspect`")
@@ -261,7 +263,7 @@ class Engine:
 
     def row(self, fold: str, protocol: str, modality: str, metrics: dict, params, spec: FeatureSpec | None = None,
             **extra) -> ResultRow:
-        settings = {"params": dataclasses.asdict(params), "data": self.url}
+        settings = {"params": dataclasses.asdict(params), "data": self.shown}
         if spec is not None:
             settings["features"] = dataclasses.asdict(spec)
         extra = {"coverage": self.coverage(fold, modality), **extra}

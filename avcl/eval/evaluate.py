@@ -84,7 +84,7 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[ResultRow], Engine]:
                              request.backbone, request.checkpoint_format)
     engine = Engine(dataset, encoders, request.options or EvalOptions(data=request.data), ctx.device)
     if protocol.needs_labels and engine.num_classes < 2:
-        raise EvalDataError(f"{request.data} holds one class ({', '.join(engine.class_names()) or 'none'}): "
+        raise EvalDataError(f"{engine.shown} holds one class ({', '.join(engine.class_names()) or 'none'}): "
                             f"{protocol.name} needs two classes at least")
     modalities = protocol.modalities or engine.modalities(request.modality)
     if ctx.main:
