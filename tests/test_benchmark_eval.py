@@ -154,7 +154,7 @@ def test_a_folder_with_nothing_but_dataset_json_is_refused(demo_dataset, tmp_pat
     shutil.copy(demo_dataset / "dataset.json", tmp_path / "empty" / "dataset.json")
     result = run_cli("eval", "demo", "--data", str(tmp_path / "empty"), "--protocol", "knn", *TINY,
                      "--cache-dir", str(tmp_path / "cache"))
-    assert result.exit_code == 2 and "could be read" in result.output
+    assert result.exit_code == 2 and "shard(s) holding its train samples are missing" in result.output, result.output
 
 
 def test_single_class_data_is_refused(tmp_path):

@@ -347,7 +347,7 @@ def test_shards_open_one_ahead_unreadable_ones_are_counted_and_early_exit_closes
     bad = BadData()
     keys = [s["__key__"] for s in read_samples(iter([shards[0], "/no/such.tar", shards[1]]), bad)]
     assert len(keys) == 4 and bad.counts == {"OSError": 1}
-    with pytest.raises(OSError, match=f"{MAX_UNREADABLE_IN_A_ROW} shards in a row could not be opened"):
+    with pytest.raises(StreamError, match=f"{MAX_UNREADABLE_IN_A_ROW} shards in a row could not be opened"):
         list(read_samples(iter(["/no/such.tar"] * MAX_UNREADABLE_IN_A_ROW), BadData()))
     opened.clear()
     shard_iterator = stream_module._open_shards(iter(shards), BadData())
