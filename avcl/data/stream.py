@@ -193,6 +193,7 @@ class TrainStream(IterableDataset):
         worker = _worker(c.workers)
         rng = np.random.default_rng([c.seed, c.epoch, c.rank, worker])
         bad = BadData()
+        self.bad_in_a_row = 0
         urls = _weighted_shards(self.sources, random.Random(int(rng.integers(2 ** 62))))
         samples = selected(read_samples(urls, bad), self.select, bad)
         raw = wds.shuffle(bufsize=c.shuffle, initial=min(c.shuffle, 100),
@@ -206,7 +207,7 @@ class TrainStream(IterableDataset):
             views = _with_key(make_views(sample, self.spec, rng), sample["__key__"])
         except SampleError as exc:
             bad(exc)
-            self.bad_in_a_row = getattr(self, "bad_in_a_row", 0) + 1
+            self.bad_in_a_row += 1
             if self.bad_in_a_row >= MAX_BAD_SAMPLES_IN_A_ROW:
                 raise StreamError(f"{self.bad_in_a_row} samples in a row could not be used, the last: {exc}; "
                                   f"check the data ({', '.join(redact(s.given) for s in self.sources)})") from None
