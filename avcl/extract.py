@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from avcl.data.augment import DeviceAugment
 from avcl.data.stream import EvalStream, loader
 from avcl.runtime import gather_objects, gather_rows
+from avcl.storage import atomic_file
 
 THUMB = 48  # pixels: the thumbnails retrieval figures show
 MAX_CLIPS = 16  # clips (and crops) through augmentation and encoder at once: memory does not grow with clips per video
@@ -45,11 +46,9 @@ class Features:
                       else np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
         arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        with atomic_file(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "Features":

@@ -13,6 +13,7 @@ endpoint and credentials come from the standard AWS environment variables.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
@@ -20,6 +21,7 @@ import hashlib
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -76,11 +78,11 @@ def atomic_file(path: str | os.PathLike):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
         with local_errors(path):
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~umask())
             os.replace(tmp, path)
     except BaseException:
@@ -89,7 +91,7 @@ def atomic_file(path: str | os.PathLike):
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_file(path) as f, local_errors(Path(path)):
+    with atomic_file(path) as f:
         f.write(data)
 
 
@@ -104,15 +106,44 @@ _LOCAL_HINTS = {errno.ENOSPC: "free some space or choose another location",
                 errno.EISDIR: "the path is a folder; give a file name"}
 
 
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def os_cause(exc: BaseException, errnos=tuple(_LOCAL_HINTS)) -> OSError | None:
+    """The OSError with one of `errnos` that `exc` is or was raised from (torch's checkpoint writer and other
+    libraries wrap a failed write in their own exception)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in errnos:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_failure(exc: BaseException, path: str | os.PathLike | None = None) -> StorageError | None:
+    """`exc` as the one-line StorageError when a full, read-only or size-capped file system caused it (naming
+    `path`, else the file the system named, if any); None for any other failure."""
+    cause = os_cause(exc, FULL_OR_READ_ONLY if path is None else tuple(_LOCAL_HINTS))
+    if cause is None:
+        return None
+    where = f" {path or cause.filename}" if path or cause.filename else ""
+    return StorageError(f"cannot write{where}: {os.strerror(cause.errno)}; {_LOCAL_HINTS[cause.errno]}")
+
+
 @contextlib.contextmanager
 def local_errors(path: Path):
-    """OSErrors of the file system (full, read-only, no permission...) as StorageErrors naming `path`."""
+    """Failures of the file system (full, read-only, no permission...) as StorageErrors naming `path`, also
+    when a library wrapped the OSError in an exception of its own."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in _LOCAL_HINTS:
+    except StorageError:
+        raise
+    except Exception as exc:
+        error = storage_failure(exc, path)
+        if error is None:
             raise
-        raise StorageError(f"cannot write {path}: {os.strerror(exc.errno)}; {_LOCAL_HINTS[exc.errno]}") from None
+        raise error from None
 
 
 def contained(name: str) -> str:
@@ -397,10 +428,32 @@ def location_name(url: str) -> str:
     return url.rsplit("/", 1)[-1] if is_remote(url) else Path(url).name
 
 
-def scratch_for(url: str) -> Path:
-    """A local folder mirroring a remote location (run folders on S3 are written here, then uploaded)."""
+def running(pid: int) -> bool:
+    """Whether a process of this host has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def private_scratch(url: str) -> Path:
+    """A fresh local folder mirroring a remote location for this process alone (host and pid in its name,
+    removed at exit); the mirrors that ended processes of this host left are removed first."""
+    base, host = cache_dir() / "scratch", socket.gethostname()
+    for old in base.glob(f"*.{host}.*"):
+        pid = old.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
-    return cache_dir() / "scratch" / f"{PurePosixPath(url.rstrip('/')).name}-{digest}"
+    with local_errors(base):
+        base.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{PurePosixPath(url.rstrip('/')).name}-{digest}-",
+                                       suffix=f".{host}.{os.getpid()}", dir=base))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 class RunFolder:
@@ -408,14 +461,13 @@ class RunFolder:
     through a local scratch mirror. Code writes `path(name)` as local files; `push` uploads them when the folder
     is remote (a no-op when local), `pull` downloads what a resume or a reader needs."""
 
-    def __init__(self, url: str | os.PathLike, what: str = "--out", scratch: str = "", create: bool = True):
+    def __init__(self, url: str | os.PathLike, what: str = "--out", create: bool = True):
         self.url = str(url).rstrip("/") or "."
         self.remote = is_remote(self.url)
         self.local = Path(self.url)
-        if self.remote:  # a fresh mirror: what it holds is pulled from the remote folder
+        if self.remote:  # a fresh mirror of this process's own: what it holds is pulled from the remote folder
             self.store = open_store(self.url, what)
-            self.local = scratch_for(self.url + (f"#{scratch}" if scratch else ""))
-            shutil.rmtree(self.local, ignore_errors=True)
+            self.local = private_scratch(self.url)
         elif self.local.exists() and not self.local.is_dir():
             raise StorageError(f"{what} {self.url} is a file, not a folder")
         elif not create and not self.local.is_dir():

@@ -33,8 +33,9 @@ from pathlib import Path
 from avcl.data import schema
 from avcl.data.schema import DATASET_JSON, DatasetInfo
 from avcl.errors import UserError
+from avcl.locks import exclusive
 from avcl.machine import usable_cores
-from avcl.storage import LocalStore, open_store
+from avcl.storage import LocalStore, open_store, running
 from avcl.urls import redact
 from avtools import __version__
 from avtools.fetch import FetchOptions, Fetcher
@@ -117,59 +118,60 @@ def build(options: BuildOptions, progress=None) -> BuildResult:
     index, parts = options.partition
     mine = [c for c in clips if partition_of(c.clip_id, parts) == index]
     store = open_store(options.out)
-    store.sweep(STALE_TEMPORARY)
-    _record_settings(store, options, planned.split_rule)
     tag = partition_tag(options.partition)
-    ledger = Ledger(store, tag)
-    ledger.write_annotations(annotation_rows(planned.rejected))
-    settled = ledger.load()
-    _refuse_split_changes(clips, settled, options.out)
-    splits = {c.split for c in clips} | {row.split for row in settled.values()}
-    staging = _staging_dir(store, options.out)
-    clear_staging(staging, tag, splits)
-    next_seq = _remove_orphan_shards(store, settled, tag, splits)
-    todo = [c for c in mine if c.clip_id not in settled or settled[c.clip_id].retryable]
-    if options.limit is not None:
-        todo = todo[:options.limit]
-    writer = ShardWriter(store, ledger, staging, tag, options.samples_per_shard, next_seq,
-                         on_shard=progress.shard if progress is not None else None)
-    counts = {"ok": 0, "failed": 0}
-    if progress is not None:
-        progress.start(len(todo), len(mine) - len(todo))
-    interrupted, stages, loop_started = False, Stages(), time.perf_counter()
-    workroot = _download_folder()
-    options = dataclasses.replace(options, fetch=dataclasses.replace(options.fetch, workroot=workroot))
-    try:
-        with _sigterm_interrupts(), contextlib.closing(_run(todo, options)) as outcomes:
-            for clip, outcome in outcomes:  # an error here closes the generator, which stops the pool at once
-                with stages.timing("write"):
-                    _record(clip, outcome, writer, ledger, counts, stages)
-                if progress is not None:
-                    progress.advance(outcome[0] is not None, counts)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        stages["wait"] += time.perf_counter() - loop_started - stages["write"]
-        with stages.timing("write"):
-            writer.close()
-            ledger.flush()
-            ledger.compact(lambda name: belongs_to(name, tag, splits))
-        shutil.rmtree(workroot, ignore_errors=True)
+    with exclusive(store, f"ledger/{tag}build.lock", f"partition {index}/{parts} of {redact(options.out)}"):
+        store.sweep(STALE_TEMPORARY)
+        _record_settings(store, options, planned.split_rule)
+        ledger = Ledger(store, tag)
+        ledger.write_annotations(annotation_rows(planned.rejected))
+        settled = ledger.load()
+        _refuse_split_changes(clips, settled, options.out)
+        splits = {c.split for c in clips} | {row.split for row in settled.values()}
+        staging = _staging_dir(store, options.out)
+        clear_staging(staging, tag, splits)
+        next_seq = _remove_orphan_shards(store, settled, tag, splits)
+        todo = [c for c in mine if c.clip_id not in settled or settled[c.clip_id].retryable]
+        if options.limit is not None:
+            todo = todo[:options.limit]
+        writer = ShardWriter(store, ledger, staging, tag, options.samples_per_shard, next_seq,
+                             on_shard=progress.shard if progress is not None else None)
+        counts = {"ok": 0, "failed": 0}
         if progress is not None:
-            progress.stop()
-    rows = ledger.refresh()  # with what other partitions committed meanwhile
-    annotations = {"rows_rejected": len(planned.rejected), "rows_of_other_classes": planned.other_classes,
-                   "duplicate_rows": duplicates, "conflicting_duplicates": len(conflicts),
-                   "rejected": [f"{where}: {why}" for where, why in planned.rejected[:20]], "conflicts": conflicts[:20]}
-    summary = summarize(clips, rows, _parameters(options, planned.split_rule), annotations)
-    write_ledger_table(store, list(rows.values()))
-    write_dataset_json(store, summary)
-    if options.card and summary.complete and (counts["ok"] + counts["failed"] or not store.exists("card.png")):
-        from avtools.card import write_card
+            progress.start(len(todo), len(mine) - len(todo))
+        interrupted, stages, loop_started = False, Stages(), time.perf_counter()
+        workroot = _download_folder()
+        options = dataclasses.replace(options, fetch=dataclasses.replace(options.fetch, workroot=workroot))
+        try:
+            with _sigterm_interrupts(), contextlib.closing(_run(todo, options)) as outcomes:
+                for clip, outcome in outcomes:  # an error here closes the generator, which stops the pool at once
+                    with stages.timing("write"):
+                        _record(clip, outcome, writer, ledger, counts, stages)
+                    if progress is not None:
+                        progress.advance(outcome[0] is not None, counts)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stages["wait"] += time.perf_counter() - loop_started - stages["write"]
+            with stages.timing("write"):
+                writer.close()
+                ledger.flush()
+                ledger.compact(lambda name: belongs_to(name, tag, splits))
+            shutil.rmtree(workroot, ignore_errors=True)
+            if progress is not None:
+                progress.stop()
+        rows = ledger.refresh()  # with what other partitions committed meanwhile
+        annotations = {"rows_rejected": len(planned.rejected), "rows_of_other_classes": planned.other_classes,
+                       "duplicate_rows": duplicates, "conflicting_duplicates": len(conflicts),
+                       "rejected": [f"{where}: {why}" for where, why in planned.rejected[:20]], "conflicts": conflicts[:20]}
+        summary = summarize(clips, rows, _parameters(options, planned.split_rule), annotations)
+        write_ledger_table(store, list(rows.values()))
+        write_dataset_json(store, summary)
+        if options.card and summary.complete and (counts["ok"] + counts["failed"] or not store.exists("card.png")):
+            from avtools.card import write_card
 
-        write_card(store, summary)
-    return BuildResult(summary, counts["ok"] + counts["failed"], counts["ok"], counts["failed"],
-                       time.time() - started, interrupted, stages, split_warnings(clips))
+            write_card(store, summary)
+        return BuildResult(summary, counts["ok"] + counts["failed"], counts["ok"], counts["failed"],
+                           time.time() - started, interrupted, stages, split_warnings(clips))
 
 
 @contextlib.contextmanager
@@ -352,19 +354,9 @@ def _download_folder() -> str:
     it; the folders of builds whose process is gone (killed with SIGKILL) are removed first."""
     for folder in Path(tempfile.gettempdir()).glob("avtools-build-*-*"):
         pid = folder.name.split("-")[2]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not running(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"avtools-build-{os.getpid()}-")
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _staging_dir(store, out: str) -> Path:

@@ -48,8 +48,9 @@ class NamesFromRegistries(TyperCommand):
 
 
 def command(*args, **kwargs) -> Callable:
-    """`app.command` whose UserErrors (bad input, refused storage) print as one line with exit status 2;
-    any other exception is a bug and keeps its traceback."""
+    """`app.command` whose UserErrors (bad input, refused storage) and writes a full, read-only or size-capped
+    file system refused print as one line with exit status 2; any other exception is a bug and keeps its
+    traceback."""
     def register(function: Callable) -> Callable:
         @functools.wraps(function)
         def run(*a, **kw):
@@ -57,6 +58,11 @@ def command(*args, **kwargs) -> Callable:
                 result = function(*a, **kw)
             except UserError as exc:
                 fail(str(exc))
+            except Exception as exc:
+                refused = storage.storage_failure(exc)
+                if refused is None:
+                    raise
+                fail(str(refused))
             if "avcl.runtime" in sys.modules:  # a command that ran the engine, perhaps as a torchrun rank
                 from avcl.runtime import end_rank
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avcl.plots import pyplot
+from avcl.plots import pyplot, save_figure
 from avtools.inspect import first_raw_sample
 
 FRAMES_SHOWN = 6
@@ -62,10 +62,7 @@ def save_views_png(url: str, method: str, out: Path, seed: int = 0, preset: str 
     kind = f"evaluation views ({eval_clips} clips)" if eval_clips else "views"
     fig.suptitle(f"{method} {kind} of {sample['__key__']}{order}", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def _view_title(spec, views: dict, row: int) -> str:

@@ -15,8 +15,11 @@ MEDIA = SHARED / "media"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _isolated(tmp_path_factory, monkeypatch):
+    """One cache for the session, and each test in a folder of its own: whatever a command writes beside
+    itself (a figure without --out) never lands in the checkout."""
     monkeypatch.setenv("AVTOOLS_CACHE", str(tmp_path_factory.getbasetemp() / "avtools-cache"))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")

@@ -200,6 +200,24 @@ def test_a_stopped_build_ends_promptly_and_leaves_no_process(sig, server, tmp_pa
         assert not list((tmp_path / "tmp").glob("avtools-build-*"))
 
 
+@pytest.mark.slow
+def test_a_second_build_of_a_partition_in_progress_is_refused_naming_the_first(server, tmp_path):
+    """Two writers of one partition would interleave shards and ledger parts: the second is refused at once,
+    and once the first is gone (even by SIGKILL) its partition can be built again."""
+    server.requests.clear()
+    proc, _, out = start_stalled_build(server, tmp_path)
+    try:
+        refused = runner.invoke(app, args(server, tmp_path / "k.csv", str(out)))
+        assert refused.exit_code == 2, refused.output
+        assert f"partition 0/1 of {out} is being written by pid {proc.pid} on " in refused.output
+        assert not (out / "dataset.json").exists()  # the refused build wrote nothing
+    finally:
+        proc.kill()
+        proc.wait()
+    build(*args(server, tmp_path / "k.csv", str(out), "--clip-timeout", "2"))
+    assert len(ledger(out)) == 5 and not (out / "ledger" / "build.lock").exists()
+
+
 def test_long_ids_and_colliding_ids_are_built_and_read_by_plain_webdataset(tmp_path):
     import webdataset as wds
 

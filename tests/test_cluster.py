@@ -49,10 +49,13 @@ def avtools(*args, code: int | None = 0, umask: int | None = None, env: dict | N
     return result
 
 
-def one_line_error(result: subprocess.CompletedProcess, expected: str) -> str:
-    """The command failed with exit 2 and one `error: ...` line containing `expected`, no traceback."""
+def one_line_error(result: subprocess.CompletedProcess, expected: str, after_progress: bool = False) -> str:
+    """The command failed with exit 2 and one `error: ...` line containing `expected` (the last line, after the
+    progress lines of a command that got going, when `after_progress`), no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stdout + result.stderr
+    if after_progress:
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
@@ -162,6 +165,33 @@ def test_train_resume_export_and_eval_on_s3(timecoded_dataset, media_folder, s3_
     assert document["rows"] and document["rows"][0]["encoder"]["checkpoint"] == f"{runs}/last.pt"
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_second_training_into_a_folder_in_use_is_refused_naming_the_first(where, timecoded_dataset, s3_bucket,
+                                                                            tmp_path):
+    """The second process is refused before it touches the folder (its S3 scratch mirror is its own, so the
+    first one's mirror survives too): the first trains on, checkpoints on SIGTERM, and the folder resumes."""
+    run = str(tmp_path / "run") if where == "local" else f"s3://{s3_bucket}/runs/shared"
+    args = ["train", "--data", str(timecoded_dataset), "--out", run, *TINY_TRAIN]
+    first = subprocess.Popen([sys.executable, "-m", "avtools", *args, "--max-steps", "500"], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = f"{run}/run.lock"
+    exists = (lambda: Path(lock).exists()) if where == "local" else (
+        lambda: "Contents" in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="runs/shared/run.lock"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not exists():
+        time.sleep(0.1)
+    try:
+        said = one_line_error(avtools(*args, "--max-steps", 2, code=None), f"run folder {run} is being written by pid "
+                                                                           f"{first.pid} on ")
+        assert "avtools train --data" in said and "wait for it to end or stop it" in said
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM, stderr
+    assert not exists()  # released
+    avtools(*args, "--max-steps", 1, "--resume")
+
+
 def test_a_pipe_source_is_one_command_with_its_arguments(timecoded_dataset, tmp_path):
     """The shards are gzipped on disk, so their samples can only have come through `gzip -dc FILE`."""
     first = sorted(timecoded_dataset.glob("train-*.tar"))[0]
@@ -235,6 +265,25 @@ def test_refused_storage_is_one_line_naming_the_location(media_folder, s3_bucket
     result = subprocess.run([sys.executable, "-m", "avtools", "inspect", f"s3://{s3_bucket}/ds"], cwd=ROOT, text=True,
                             capture_output=True, env={**env, **{k: v for k, v in anonymous.items() if v}})
     one_line_error(result, "no S3 credentials; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY")
+
+
+def test_a_capped_file_system_stops_train_export_and_eval_with_one_line(timecoded_dataset, media_folder, tmp_path):
+    """A checkpoint write (torch wraps the failed write in its own RuntimeError), an export and an evaluation's
+    feature cache and figures, each refused by RLIMIT_FSIZE (EFBIG, what a full disk does with ENOSPC)."""
+    capped = {resource.RLIMIT_FSIZE: 20_000}
+    run = tmp_path / "run"
+    said = one_line_error(avtools("train", "--data", timecoded_dataset, "--out", run, "--max-steps", 1, *TINY_TRAIN,
+                                  code=None, limits=capped), "File too large", after_progress=True)
+    assert f"{run}/last.pt" in said
+    avtools("train", "--data", timecoded_dataset, "--out", run, "--max-steps", 1, *TINY_TRAIN)
+    said = one_line_error(avtools("export", run, "--out", tmp_path / "export", code=None, limits=capped),
+                          "File too large")
+    assert f"{tmp_path / 'export'}/" in said
+    build_folder(media_folder, tmp_path / "ds")
+    for protocol in ("knn", "retrieval"):
+        one_line_error(avtools("eval", "folder", "--data", tmp_path / "ds", "--checkpoint", run, "--out",
+                               tmp_path / "results.json", *TINY_EVAL, "--protocol", protocol, "--cache-dir",
+                               tmp_path / "cache", code=None, limits=capped), "File too large", after_progress=True)
 
 
 def test_a_rerun_of_a_complete_dataset_writes_nothing(media_folder, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 from avcl.eval import classify
 from avcl.eval.engine import Engine, register_protocol
 from avcl.eval.supervised import SupervisedParams, per_class_accuracy, test_probabilities
-from avcl.plots import pyplot
+from avcl.plots import pyplot, save_figure
 
 
 @dataclasses.dataclass
@@ -65,5 +65,4 @@ def plot_confusion(path, predicted: np.ndarray, labels: np.ndarray, classes: int
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

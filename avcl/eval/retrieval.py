@@ -18,7 +18,7 @@ import torch
 
 from avcl.eval.engine import Engine, register_protocol
 from avcl.neighbours import top_neighbours
-from avcl.plots import pyplot
+from avcl.plots import pyplot, save_figure
 
 VCOP_BATCH = 8
 
@@ -87,5 +87,4 @@ def plot_neighbours(path, features, queries: np.ndarray, gallery: np.ndarray, x:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import avcl.methods as methods
-from avcl.storage import RunFolder
+from avcl.storage import RunFolder, write_atomic
 from avcl.train import checkpoint
 from avcl.train.config import from_dict
 
@@ -31,7 +31,7 @@ def export(run: str, which: str = "last", out: str | None = None) -> list[str]:
             "method": config.method_name, "backbones": {"video": config.method.video_backbone,
                                                         "audio": getattr(config.method, "audio_backbone", None)},
             "width": config.method.width, "config": saved["config"]}
-    target.path("export.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(target.path("export.json"), (json.dumps(info, indent=2) + "\n").encode())
     written.append("export.json")
     target.push(*written)
     return [target.url_of(name) for name in written]

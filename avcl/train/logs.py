@@ -6,9 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from avcl.plots import pyplot
+from avcl.plots import pyplot, save_figure
 from avcl.progress import Progress
-from avcl.storage import RunFolder
+from avcl.storage import RunFolder, local_errors, write_atomic
 from avcl.train.config import ConfigError, TrainConfig
 
 METRICS = "metrics.jsonl"
@@ -23,9 +23,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if line.endswith("\n") and _record_step(line) <= step]
     if kept != lines:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        write_atomic(path, "".join(kept).encode())
 
 
 def _record_step(line: str) -> float:
@@ -44,7 +42,8 @@ class RunLog:
         self.progress = Progress("train", total_steps, first_step, active=active)
         if active:
             truncate_metrics(folder.path(METRICS), first_step)
-        self.metrics = open(folder.path(METRICS), "a") if active else None
+        with local_errors(folder.path(METRICS)):
+            self.metrics = open(folder.path(METRICS), "a") if active else None
         self.tensorboard = _tensorboard(folder.path(TENSORBOARD)) if active else None
         self.wandb = _wandb(config, folder) if active and config.run.wandb else None
 
@@ -67,7 +66,8 @@ class RunLog:
         if not self.active:
             return
         if self.metrics and not self.metrics.closed:
-            self.metrics.flush()
+            with local_errors(self.folder.path(METRICS)):
+                self.metrics.flush()
         if self.tensorboard:
             self.tensorboard.flush()
         self.folder.push(METRICS, TENSORBOARD)
@@ -80,8 +80,9 @@ class RunLog:
             self.progress.update(step)
             return
         record = {"step": step, "time": round(time.time(), 3), **{k: _round(v) for k, v in values.items()}}
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        with local_errors(self.folder.path(METRICS)):
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
         if self.tensorboard:
             for key, value in values.items():
                 self.tensorboard.add_scalar(key, value, step)
@@ -146,7 +147,6 @@ def plot_curves(folder: RunFolder) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     out = folder.path("curves.png")
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out, dpi=90)
     folder.push("curves.png")
     return out

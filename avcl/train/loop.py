@@ -12,7 +12,6 @@ loop state and RNG, and reopens the data stream at the checkpoint's epoch with a
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import dataclasses
 import json
 import math
@@ -33,15 +32,17 @@ from avcl.data.sources import SourceError, open_url, resolve_all
 from avcl.data.stream import StreamConfig, TrainStream, loader
 from avcl.data.views import run_spec
 from avcl.errors import TrainingError
+from avcl.locks import exclusive_folder
 from avcl.machine import loader_workers
 from avcl.methods.base import Method
 from avcl.runtime import AUTOCAST, Context, finish, mean_over_ranks, setup
-from avcl.storage import RunFolder
+from avcl.storage import RunFolder, write_atomic
 from avcl.train import checkpoint
 from avcl.train.config import TrainConfig, compact
 from avcl.train.heldout import knn_monitor, plateau_metric
 from avcl.train.logs import METRICS, RunLog, plot_curves
 from avcl.train.optim import build_optimizer, build_scheduler
+from avcl.urls import redact
 
 
 CONFIG = "config.json"
@@ -208,8 +209,13 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, allow_conf
     """Pre-train `config.method_name` into the run folder `out` (local or s3://); returns the final checkpoint."""
     ctx = setup(config.run.device)
     config = for_device(config, ctx.device)
+    folder = RunFolder(out)
+    with exclusive_folder(folder, "run.lock" if ctx.main else f"run-rank{ctx.rank}.lock", f"run folder {redact(folder.url)}"):
+        return _train(config, folder, ctx, resume, allow_config_change)
+
+
+def _train(config: TrainConfig, folder: RunFolder, ctx: Context, resume: bool, allow_config_change: bool) -> str:
     run, data = config.run, config.data
-    folder = RunFolder(out, scratch=f"rank{ctx.rank}")
     micro = _micro_batch(data.batch_size, ctx.world, run.accumulate)
     sources = _sources(data.train, "train")
     val_sources = _sources(data.val, data.val_split) if data.val else []
@@ -369,7 +375,7 @@ def _start(trainer: Trainer, folder: RunFolder, resume: bool, ctx: Context, conf
         raise TrainingError(f"{folder.url} already holds a run (checkpoints there): pass --resume to continue it, or "
                             "choose another --out")
     if ctx.main:
-        folder.path(CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_atomic(folder.path(CONFIG), (json.dumps(config.to_dict(), indent=2) + "\n").encode())
         folder.push(CONFIG)
     return {"step": 0, "resumes": 0, "best": -math.inf, "best_step": 0}
 
