@@ -394,7 +394,7 @@ def _record_settings(store, options: BuildOptions, split_rule: dict) -> None:
     recorded = SETTINGS if store.exists(SETTINGS) else DATASET_JSON if store.exists(DATASET_JSON) else None
     before = {}
     if recorded == SETTINGS:
-        before = json.loads(store.get_bytes(SETTINGS))
+        before = _recorded_settings(store, options.out)
     elif recorded == DATASET_JSON:
         before = {key: value for key, value in dataclasses.asdict(DatasetInfo.from_json(store.get_bytes(recorded))).items()
                   if key in RECORDED}
@@ -415,6 +415,17 @@ def _record_settings(store, options: BuildOptions, split_rule: dict) -> None:
                              f"settings, or build into a new --out")
     if recorded != SETTINGS or before.keys() != now.keys():
         store.put_bytes(SETTINGS, json.dumps(now, indent=1).encode())
+
+
+def _recorded_settings(store, out: str) -> dict:
+    try:
+        before = json.loads(store.get_bytes(SETTINGS))
+    except ValueError as exc:
+        raise BuildError(f"{redact(out)}/{SETTINGS}: not valid JSON ({exc}); restore it, or build into a new --out") \
+            from None
+    if not isinstance(before, dict):
+        raise BuildError(f"{redact(out)}/{SETTINGS}: not a settings record; restore it, or build into a new --out")
+    return before
 
 
 def _refuse_split_changes(clips: list[Clip], settled: dict, out: str) -> None:

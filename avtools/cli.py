@@ -16,6 +16,7 @@ from typer.core import TyperCommand
 
 from avcl import storage
 from avcl.errors import UserError
+from avtools_manifests import ManifestError
 from avcl.machine import check_device, check_precision
 from avcl.progress import make_console, say
 from avtools import __version__, catalog
@@ -23,6 +24,7 @@ from avtools import __version__, catalog
 app = typer.Typer(help="Build audio-visual datasets as WebDataset shards; train and evaluate contrastive models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 console = make_console(stderr=True)
+REFUSED = (UserError, ManifestError)  # bad input, refused storage, a broken manifest: one line, exit status 2
 
 
 def fail(message: str) -> NoReturn:
@@ -56,7 +58,7 @@ def command(*args, **kwargs) -> Callable:
         def run(*a, **kw):
             try:
                 result = function(*a, **kw)
-            except UserError as exc:
+            except REFUSED as exc:
                 fail(str(exc))
             except Exception as exc:
                 refused = storage.storage_failure(exc)
@@ -504,6 +506,6 @@ def list_names(
 def main() -> None:
     try:
         app()
-    except UserError as exc:  # raised outside a command: help text that lists a registry with a broken plugin
+    except REFUSED as exc:  # raised outside a command: help text that lists a registry with a broken plugin
         print_error(str(exc))
         sys.exit(2)

@@ -260,6 +260,9 @@ def test_a_crashed_first_run_keeps_its_settings(server, tmp_path):
     assert "fps 16.0 -> 8.0" in output
     build(*args(server, csv, str(out)))
     assert json.loads((out / "dataset.json").read_text())["counts"]["available"] == 2
+    (out / "ledger" / "settings.json").write_text('{"name": "kinetics-')  # a truncated settings record
+    output = build(*args(server, csv, str(out)), code=2)
+    assert f"error: {out}/ledger/settings.json: not valid JSON" in output and "Traceback" not in output
 
 
 def test_untrusted_rows_are_rejected_with_their_line_and_the_rest_built(server, tmp_path):

@@ -3,6 +3,7 @@ terminal, file modes under the umask, run folders on S3 (the moto server), pipe:
 ordinary mistakes and refused storage, and preemption (SIGTERM) with resume."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -149,6 +151,9 @@ def test_train_resume_export_and_eval_on_s3(timecoded_dataset, media_folder, s3_
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="runs/x/")["Contents"]}
     assert {"runs/x/config.json", "runs/x/last.pt", "runs/x/best.pt", "runs/x/metrics.jsonl", "runs/x/curves.png"} <= keys
     assert not Path("s3:").exists() and not (ROOT / "s3:").exists()
+    logged = s3.get_object(Bucket=s3_bucket, Key="runs/x/metrics.jsonl")["Body"].read()
+    ahead = logged + b'{"step": 3, "loss": 9.0}\n'  # the log uploaded after a step whose checkpoint never was
+    s3.put_object(Bucket=s3_bucket, Key="runs/x/metrics.jsonl", Body=ahead)
     avtools("train", "--data", timecoded_dataset, "--out", runs, "--max-steps", 4, "--resume", *TINY_TRAIN)
     lines = s3.get_object(Bucket=s3_bucket, Key="runs/x/metrics.jsonl")["Body"].read().decode().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
@@ -317,6 +322,72 @@ def test_a_full_or_read_only_file_system(media_folder, tmp_path):
                        "Read-only file system")
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+# ---- jobs that always end ---------------------------------------------------------------------------------------
+
+def _failing_training(case: str, dataset: Path, tmp_path: Path, started: list) -> tuple[list[str], dict, dict]:
+    """A training with two loader workers that fails mid-run in `case`'s way: its arguments, the environment and
+    the subprocess limits. `started` collects what the test must stop afterwards."""
+    args = [*TINY_TRAIN, "--set", "data.workers=2", "--max-steps", 50, "--set", "run.checkpoint_every=1"]
+    if case in ("checkpoint on a full disk", "shared memory full"):  # the cap also applies to /dev/shm files:
+        cap = 1_500_000 if case == "checkpoint on a full disk" else 20_000  # batches (< 0.2 MB), checkpoints (3 MB)
+        return ["--data", dataset, "--out", tmp_path / "run", *args], {}, {resource.RLIMIT_FSIZE: cap}
+    if case == "S3 outage during a checkpoint upload":
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        started.append(server)
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket="outage")
+
+        def outage_after_the_first_checkpoint():
+            while "Contents" not in client.list_objects_v2(Bucket="outage", Prefix="run/last.pt"):
+                time.sleep(0.05)
+            server.stop()
+        started.append(threading.Thread(target=outage_after_the_first_checkpoint, daemon=True))
+        started[-1].start()
+        return ["--data", dataset, "--out", "s3://outage/run", *args], env, {}
+    from tests.support.httpserver import MediaServer  # shards that go missing once the source was checked
+
+    server = MediaServer(dataset).__enter__()
+    started.append(server)
+
+    def missing_after_the_check():
+        while not server.requests["train-000000.tar"]:
+            time.sleep(0.01)
+        server.missing.update(p.name for p in dataset.glob("*.tar"))
+    started.append(threading.Thread(target=missing_after_the_check, daemon=True))
+    started[-1].start()
+    return ["--data", server.url(""), "--out", tmp_path / "run", *args], {}, {}
+
+
+@pytest.mark.parametrize("case, said", [("checkpoint on a full disk", "last.pt: File too large"),
+                                        ("shared memory full", "the data loader delivered 0 of"),
+                                        ("S3 outage during a checkpoint upload", "cannot reach the S3 endpoint"),
+                                        ("HTTP 404 from the shard server", "shards in a row could not be opened")])
+def test_a_training_that_fails_with_loader_workers_running_exits_within_60_s(case, said, timecoded_dataset,
+                                                                             tmp_path):
+    """The error is printed and the process ends: its loader workers are shut down on the way out (they ignore
+    a group-wide SIGTERM, and an exit that waits on them hung)."""
+    for attempt in range(2):
+        started: list = []
+        args, env, limits = _failing_training(case, timecoded_dataset, tmp_path / str(attempt), started)
+        try:
+            result = avtools("train", *args, code=None, env=env, limits=limits, timeout=60)
+        finally:
+            for thing in started:
+                if hasattr(thing, "__exit__"):
+                    thing.__exit__(None, None, None)
+                elif hasattr(thing, "stop"):
+                    with contextlib.suppress(Exception):
+                        thing.stop()
+        one_line_error(result, said, after_progress=True)
 
 
 # ---- preemption -----------------------------------------------------------------------------------------------

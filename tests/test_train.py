@@ -310,3 +310,37 @@ def test_credentials_and_signatures_in_a_data_url_are_never_printed(tmp_path, co
     assert signed.exit_code == 2
     for result in (with_password, signed):
         assert "s3cret" not in result.output, result.output
+
+
+@pytest.mark.slow
+def test_a_signed_shard_url_trains_and_its_signature_is_stored_nowhere(timecoded_dataset, tmp_path):
+    """Presigned shard URLs (`...tar?X-Amz-Signature=...`) are shards: read with their query, their counts from
+    the folder's dataset.json, and the signature redacted from config.json, the checkpoint, logs and output."""
+    from tests.support.httpserver import MediaServer
+
+    run = tmp_path / "run"
+    with MediaServer(timecoded_dataset) as server:
+        signed = server.url("train-{000000..000003}.tar") + "?X-Amz-Signature=s3cret&X-Amz-Expires=600"
+        done = subprocess.run([sys.executable, "-m", "avtools", "train", "--method", "xmodal", "--data", signed,
+                               "--out", str(run), "--max-steps", "2", *TINY, *PER_METHOD["xmodal"]],
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = checkpoint.load(run / "last.pt")
+    assert saved["state"]["step"] == 2 and "X-Amz-Signature=REDACTED" in saved["config"]["data"]["train"][0]
+    stored = [done.stdout, done.stderr, *(p.read_text(errors="replace") for p in run.iterdir() if p.suffix in
+                                          (".json", ".jsonl", ".log")), json.dumps(saved["config"])]
+    assert not [text for text in stored if "s3cret" in text]
+
+
+def test_a_broken_manifest_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """A preset edited into invalid TOML (manifests/ is data a user may edit), or one that is missing."""
+    import avtools_manifests
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "xmodal.toml").write_text("[optim]\nlr = = 0.1\n")
+    monkeypatch.setattr(avtools_manifests, "path", lambda relative: tmp_path / relative)
+    result = run_cli("train", "--method", "xmodal", "--data", tmp_path, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert f"error: manifest {tmp_path}/presets/xmodal.toml: not valid TOML (" in result.output
+    result = run_cli("train", "--method", "simclr", "--data", tmp_path, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and f"manifest {tmp_path}/presets/simclr.toml: cannot read it" in result.output

@@ -184,7 +184,7 @@ def read_dataset_info(url: str) -> DatasetInfo | None:
 
 def dataset_info(url: str) -> DatasetInfo | None:
     """dataset.json of a dataset folder or prefix; None for shards, pipe: commands and folders without one."""
-    if url.startswith("pipe:") or url.endswith(".tar"):
+    if url.startswith("pipe:") or is_shard(url):
         return None
     return read_dataset_info(url.rstrip("/") + "/" + DATASET_JSON)
 
@@ -210,6 +210,11 @@ def _http_stamp(url: str) -> list | None:
         raise OSError(f"cannot read {redact(url)}: HTTP {exc.code} {exc.reason}") from None
 
 
+def is_shard(url: str) -> bool:
+    """Whether `url` names .tar shards (a signed URL's query, `...tar?X-Amz-Signature=...`, included)."""
+    return urllib.parse.urlsplit(url).path.endswith(".tar") if "://" in url else url.endswith(".tar")
+
+
 def parse_weight(source: str) -> tuple[str, float]:
     """'url@0.3' -> ('url', 0.3); a trailing '@' part that is not a number belongs to the URL."""
     head, sep, tail = source.rpartition("@")
@@ -226,17 +231,23 @@ def resolve(source: str, split: str = "train") -> Source:
     url, weight = parse_weight(source.strip())
     if url.startswith("pipe:"):
         return Source(source, [url], [None], weight)
-    if not url.endswith(".tar"):
+    if not is_shard(url):
         info = dataset_info(url)
         if info is None:
-            raise SourceError(f"{url}: neither a .tar shard pattern nor a dataset folder with {DATASET_JSON}; "
+            raise SourceError(f"{redact(url)}: neither a .tar shard pattern nor a dataset folder with {DATASET_JSON}; "
                               "pass a dataset folder built by `avtools build-dataset` or shard URLs ending in .tar")
         return _dataset_split(url.rstrip("/"), info, split, source, weight)
     urls = list(braceexpand.braceexpand(url))
-    parent = url.rsplit("/", 1)[0] if "/" in url else "."
+    unsigned = url.split("?", 1)[0] if "://" in url else url  # dataset.json is read without a shard's signature
+    parent = unsigned.rsplit("/", 1)[0] if "/" in unsigned else "."
     info = read_dataset_info(parent + "/" + DATASET_JSON)
     counts = info.shard_samples() if info else {}
-    return Source(source, urls, [counts.get(u.rsplit("/", 1)[-1]) for u in urls], weight)
+    return Source(source, urls, [counts.get(shard_name(u)) for u in urls], weight)
+
+
+def shard_name(url: str) -> str:
+    """train-000003.tar of any shard URL (a signed URL's query left out)."""
+    return (url.split("?", 1)[0] if "://" in url else url).rsplit("/", 1)[-1]
 
 
 def resolve_all(sources: list[str] | str, split: str = "train") -> list[Source]:

@@ -28,9 +28,11 @@ import itertools
 import logging
 import math
 import multiprocessing
+import multiprocessing.queues
 import os
 import random
 import signal
+import sys
 import weakref
 import zlib
 from typing import Iterator
@@ -92,7 +94,7 @@ def _open_shards(urls: Iterator[str], bad: BadData) -> Iterator[dict]:
                     if failures >= MAX_UNREADABLE_IN_A_ROW:
                         raise StreamError(f"{failures} shards in a row could not be opened, the last {redact(url)}: "
                                           f"{exc}") from exc
-                    bad(OSError(f"cannot read shard {url}: {exc}"))
+                    bad(OSError(f"cannot read shard {redact(url)}: {exc}"))
                     continue
                 failures = 0
                 try:
@@ -327,6 +329,8 @@ class Batches:
                                   persistent_workers=False, prefetch_factor=4 if workers else None,
                                   worker_init_fn=init)
         self._iterator = None
+        self.expected = stream.steps_per_epoch if isinstance(stream, TrainStream) else 0  # an endless stream's cut
+        self.delivered = 0
         Batches._open.add(self)
 
     def __len__(self) -> int:
@@ -339,12 +343,18 @@ class Batches:
 
     def __next__(self):
         try:
-            return next(iter(self)._iterator)
+            batch = next(iter(self)._iterator)
         except UserError as exc:
             raise type(exc)(_worker_message(exc)) from None
         except StopIteration:
             self.close()
+            if self.delivered < self.expected:  # a worker's batches were lost on their way to this process
+                raise StreamError(f"the data loader delivered {self.delivered} of {self.expected} batches: its workers "
+                                  "could not hand the others over through shared memory (/dev/shm full or too "
+                                  "small; in a container raise --shm-size) - or set data.workers=0") from None
             raise
+        self.delivered += 1
+        return batch
 
     def close(self) -> None:
         if self.stopping is not None:
@@ -372,6 +382,12 @@ def _let_workers_go() -> None:
 def _worker_signals(stopping, worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0) if stopping.is_set() else None)
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_batch_not_handed_over)
+
+
+def _batch_not_handed_over(exc: Exception, batch) -> None:
+    """In a worker, instead of multiprocessing's traceback: one line saying why a batch could not be sent."""
+    print(f"loader worker {os.getpid()}: a batch could not be handed over: {exc}", file=sys.stderr, flush=True)
 
 
 def _worker_message(exc: Exception) -> str:

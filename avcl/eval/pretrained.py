@@ -205,8 +205,13 @@ def export_folder(path: Path) -> Path | None:
 def load_export(folder: Path) -> tuple[Method, TrainConfig, list[Path], int]:
     """The run's method rebuilt from export.json's config, with the exported encoders loaded strictly (an
     encoder whose file is not there is removed, never left at random init)."""
-    info = json.loads((folder / EXPORT_INFO).read_text())
-    config = from_dict(info["method"], {k: v for k, v in info["config"].items() if k != "method_name"})
+    try:
+        info = json.loads((folder / EXPORT_INFO).read_text())
+        method_name, saved = info["method"], info["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / EXPORT_INFO}: not the export.json `avtools export` writes ({exc!r}); "
+                              "export the run again") from None
+    config = from_dict(method_name, {k: v for k, v in saved.items() if k != "method_name"})
     method = methods.build(config.method_name, config.method)
     files = []
     for name, encoder in method.encoders().items():

@@ -23,6 +23,7 @@ from avcl.data.audio import MelConfig, SpecAugmentConfig
 from avcl.data.augment import VideoAugmentConfig
 from avcl.errors import ConfigError
 from avcl.machine import check_device, check_precision, loader_workers
+from avcl.urls import redact_text
 
 
 @dataclasses.dataclass
@@ -101,7 +102,12 @@ class TrainConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as stored and printed (config.json, checkpoints, logs, results): data locations redacted,
+        so a signed URL's signature never reaches a file or a terminal."""
+        stored = dataclasses.asdict(self)
+        for key in ("train", "val"):
+            stored["data"][key] = [redact_text(source) for source in stored["data"][key]]
+        return stored
 
 
 def preset(method_name: str) -> dict:

@@ -1,7 +1,8 @@
 """A range-capable HTTP server on 127.0.0.1 for fetch tests and benchmarks.
 
 Serves files from one folder with `Range` support (what ffmpeg and yt-dlp need to seek), and a few
-scripted misbehaviours keyed by path: `/status/404/...`, an HTML page served as video, paths that
+scripted misbehaviours keyed by path: missing files (404), paths that answer a given error status (`failing`),
+an HTML page served as video, paths that
 answer 429 a given number of times before they succeed, and paths whose GET sends its headers and then nothing
 (`stalled`; HEAD answers normally) until the server stops. Counts the bytes it sends per path.
 """
@@ -29,6 +30,7 @@ class MediaServer:
         self.rate_limited: dict[str, int] = {}  # name -> remaining 429 answers
         self.html_pages: set[str] = set()
         self.missing: set[str] = set()
+        self.failing: dict[str, int] = {}  # name -> the HTTP error status every request for it gets
         self.stalled: set[str] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -83,6 +85,8 @@ class MediaServer:
                         server.rate_limited[name] = remaining_429 - 1
                 if remaining_429:
                     return self._send_simple(429, b"Too Many Requests", "text/plain", body, {"Retry-After": "0"})
+                if name in server.failing:
+                    return self._send_simple(server.failing[name], b"Server Error", "text/plain", body)
                 if name in server.html_pages:
                     return self._send_simple(200, HTML_ERROR_PAGE, "text/html", body)
                 path = server.root / name
