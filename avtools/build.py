@@ -214,6 +214,7 @@ def _run(todo: list[Clip], options: BuildOptions):
     pending: dict[cf.Future, Clip] = {}
     queue = iter(todo)
     try:
+        _check_worker_imports(pool)
         while True:
             while len(pending) < 2 * options.workers:
                 clip = next(queue, None)
@@ -230,6 +231,24 @@ def _run(todo: list[Clip], options: BuildOptions):
         _stop(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _check_worker_imports(pool: cf.ProcessPoolExecutor) -> None:
+    """The pool's first task: workers that cannot import avtools, or import another copy than this process's,
+    stop the build with one line instead of failing every clip."""
+    try:
+        theirs = pool.submit(_avtools_folder).result(timeout=300)
+    except Exception as exc:
+        raise BuildError(f"build workers cannot start ({exc!r}); reinstall avtools (bash install.sh)") from None
+    if theirs != _avtools_folder():
+        raise BuildError(f"build workers import avtools from {theirs}, not from {_avtools_folder()} as this process "
+                         "does: run from a folder without an `avtools` folder in it, or reinstall avtools")
+
+
+def _avtools_folder() -> str:
+    import avtools
+
+    return str(Path(avtools.__file__).resolve().parent)
 
 
 def _stop(pool: cf.ProcessPoolExecutor) -> None:

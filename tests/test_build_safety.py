@@ -365,3 +365,35 @@ def test_class_list_versions_are_recorded_and_never_mixed_in_one_output(server, 
     with pytest.raises(EvalDataError, match="built with class list unrecorded"):
         check_dataset_name(DATASETS.get("kinetics-sounds100"), DatasetInfo("kinetics-sounds100"), "d")
     check_dataset_name(DATASETS.get("kinetics-sounds100-v1"), DatasetInfo("kinetics-sounds100-v1", {"version": "v1"}), "d")
+
+
+@pytest.mark.slow
+def test_a_build_started_beside_a_folder_named_avtools_uses_the_installed_one(tmp_path):
+    """The parent of a clone holds `avtools/`: build workers must import the installed package, not that folder
+    (here one that fails to import), as the command itself does."""
+    (tmp_path / "avtools").mkdir()
+    (tmp_path / "avtools" / "__init__.py").write_text("raise ImportError('the wrong avtools')\n")
+    done = subprocess.run([Path(sys.executable).with_name("avtools"), "build-dataset", "demo", "--out", "ds",
+                           "--short-side", "32", "--limit", "4", "--workers", "2", "--no-card"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = ledger(tmp_path / "ds")
+    assert sum(r["status"] == "ok" for r in rows.values()) == 4, rows
+
+
+def test_workers_that_import_another_avtools_stop_the_build_with_one_line(tmp_path):
+    import concurrent.futures as cf
+    import functools
+    import multiprocessing
+
+    from avtools.build import BuildError, _check_worker_imports
+
+    shadow = tmp_path / "avtools"
+    shadow.mkdir()
+    (shadow / "build.py").write_text("def _avtools_folder():\n    return __file__\n")
+    shadowing = (f"import sys, types; module = types.ModuleType('avtools'); module.__path__ = [{str(shadow)!r}]; "
+                 "sys.modules['avtools'] = module")  # what a folder named avtools first on sys.path does
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=functools.partial(exec, shadowing)) as pool:
+        with pytest.raises(BuildError, match=f"build workers import avtools from {shadow}/build.py, not from "):
+            _check_worker_imports(pool)

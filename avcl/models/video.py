@@ -3,7 +3,7 @@ TCGL's own R(2+1)D, their layout and key names).
 
 State-dict keys and shapes match torchvision's `r3d_18` / `r2plus1d_18` exactly (pinned in the tests), so their
 published Kinetics checkpoints load; `r3d_10` / `r2plus1d_10` are the same networks with one block per stage.
-`r2plus1d_vcop` is the network of VCOP's and TCGL's `models/r21d.py` with `layer_sizes=(1,1,1,1)`: a factorised
+`r2plus1d_18_xdc` is XDC's variant of it (other middle widths, BatchNorm eps). `r2plus1d_vcop` is the network of VCOP's and TCGL's `models/r21d.py` with `layer_sizes=(1,1,1,1)`: a factorised
 (2+1)D stem, 1x1x1 factorised shortcuts, biasless convolutions, 14.37 M parameters; its numbers compare with the
 VCOP/PRP/TCGL R(2+1)D rows. `width` scales every channel count (64 is the published network) so tests can build tiny ones.
 Every backbone has `features(x) -> [B, C, T', H', W']` (the conv5 map) and `forward(x)` (pooled, then `fc` when
@@ -28,12 +28,19 @@ class Conv2Plus1D(nn.Sequential):
             nn.Conv3d(mid, cout, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False))
 
 
+def _mid(cin: int, cout: int) -> int:
+    """The middle width that gives a (2+1)D convolution the parameters of a 3x3x3 one."""
+    return (cin * cout * 27) // (cin * 9 + 3 * cout)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, conv, cin: int, cout: int, stride: int = 1):
+    def __init__(self, conv, cin: int, cout: int, stride: int = 1, own_mid: bool = False):
+        """`own_mid`: each (2+1)D convolution sizes its middle from its own channels (XDC's network); else both
+        use the block's first (torchvision's), which differs in the first block of layers 2-4."""
         super().__init__()
-        mid = (cin * cout * 27) // (cin * 9 + 3 * cout)  # torchvision: both (2+1)D convs of a block use this
+        mid = _mid(cin, cout)
         self.conv1 = nn.Sequential(conv(cin, cout, mid, stride), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
-        self.conv2 = nn.Sequential(conv(cout, cout, mid, 1), nn.BatchNorm3d(cout))
+        self.conv2 = nn.Sequential(conv(cout, cout, _mid(cout, cout) if own_mid else mid, 1), nn.BatchNorm3d(cout))
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != cout:
@@ -64,7 +71,8 @@ def _r2plus1d_stem(width: int) -> nn.Sequential:
 class VideoResNet(nn.Module):
     """3D ResNet with BasicBlocks; `factorised` picks R(2+1)D convolutions and stem."""
 
-    def __init__(self, layers=(2, 2, 2, 2), factorised: bool = False, width: int = 64, num_classes: int = 0):
+    def __init__(self, layers=(2, 2, 2, 2), factorised: bool = False, width: int = 64, num_classes: int = 0,
+                 own_mid: bool = False):
         super().__init__()
         conv = Conv2Plus1D if factorised else _simple
         self.stem = (_r2plus1d_stem if factorised else _r3d_stem)(width)
@@ -72,7 +80,8 @@ class VideoResNet(nn.Module):
         cin = width
         for stage, (blocks, cout) in enumerate(zip(layers, widths), start=1):
             stride = 1 if stage == 1 else 2
-            stage_blocks = [BasicBlock(conv, cin, cout, stride)] + [BasicBlock(conv, cout, cout) for _ in range(blocks - 1)]
+            stage_blocks = [BasicBlock(conv, cin, cout, stride, own_mid)] + [BasicBlock(conv, cout, cout, 1, own_mid)
+                                                                             for _ in range(blocks - 1)]
             setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
             cin = cout
         self.out_dim = cin
@@ -229,3 +238,15 @@ for _depth, _layers in _DEPTHS.items():
         lambda width=64, num_classes=0, _l=_layers: VideoResNet(_l, True, width, num_classes))
 BACKBONES.register("c3d")(C3D)
 BACKBONES.register("r2plus1d_vcop")(R2Plus1DVCOP)
+
+
+@BACKBONES.register("r2plus1d_18_xdc")
+def r2plus1d_18_xdc(width: int = 64, num_classes: int = 0) -> VideoResNet:
+    """XDC's R(2+1)D-18 (HumamAlwassel/XDC, model/r2plus1d_18.py): torchvision's keys, but every (2+1)D
+    convolution sizes its own middle (layers 2-4 block 0 conv2: 288/576/1152 channels, not 230/460/921), and
+    BatchNorm with eps 1e-3 and momentum 0.9 (Caffe2's, as that file sets them)."""
+    model = VideoResNet((2, 2, 2, 2), True, width, num_classes, own_mid=True)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            module.eps, module.momentum = 1e-3, 0.9
+    return model
