@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from avcl.data.audio import LogMel, MelConfig, SpecAugmentConfig, mel_filters, spec_augment, torchaudio_available
+from avcl.data.audio import (LogMel, MelConfig, SpecAugmentConfig, frames_for, mel_filters, spec_augment, spectrogram,
+                             torchaudio_available)
 from avcl.data.augment import DeviceAugment, VideoAugmentConfig, crop_resize, rotate_hue, eval_boxes
+from tests.conftest import MEDIA
 
 
 def test_centre_crop_at_scale_one_is_a_pixel_crop_and_flip_mirrors_it():
@@ -79,3 +82,43 @@ def test_spec_augment_masks_bands_within_limits():
             assert int(at_floor[i, j].sum()) - band_cells in (0, 1)  # only whole bands (+ the minimum cell)
             widths.append(cols + rows)
     assert sum(widths) > 0  # masks were drawn at all
+
+
+def real_speech(rate: int, seconds: float = 2.0) -> np.ndarray:
+    """int16 mono samples of a real recording (the shared media's wav), resampled to `rate` by FFmpeg."""
+    import av
+
+    with av.open(str(MEDIA / "mmaction2_test.wav")) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        chunks = [r.to_ndarray().ravel() for frame in container.decode(audio=0) for r in resampler.resample(frame)]
+    samples = np.concatenate(chunks)
+    return samples[:int(rate * seconds)]
+
+
+def test_log_mel_equals_librosa_htk_mel_on_real_audio():
+    """avtools' log-mel against librosa.feature.melspectrogram with htk=True, norm=None, power 2, centred
+    reflect-padded periodic Hann STFT: the settings avtools names."""
+    import librosa
+
+    wave = real_speech(16000)
+    config = MelConfig(sample_rate=16000, n_fft=512, hop=160, n_mels=80)
+    ours = LogMel(config, backend="torch")(torch.tensor(wave).float() / 32768).numpy()
+    mel = librosa.feature.melspectrogram(y=wave.astype(np.float32) / 32768, sr=16000, n_fft=512, hop_length=160,
+                                         n_mels=80, htk=True, norm=None, power=2.0, center=True, pad_mode="reflect")
+    np.testing.assert_allclose(ours, np.log(mel + config.log_offset), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("rate, win, hop, filters, z", [(24000, 480, 240, 40, (1.93, 17.89)),  # GDT (main_gdt.py)
+                                                        (48000, 960, 480, 257, (0.0, 1.0))])  # SeLaVi (opt.py)
+def test_logfbank_equals_python_speech_features_on_real_audio(rate, win, hop, filters, z):
+    """GDT's and SeLaVi's audio input: python_speech_features.logfbank(int16 wave, rate, winlen=0.02,
+    winstep=0.01, nfilt, nfft=1024) transposed, then (x - 1.93) / 17.89 for GDT (z_normalize=True)."""
+    import python_speech_features as speech
+
+    wave = real_speech(rate)
+    reference = (speech.logfbank(wave, rate, winlen=0.02, winstep=0.01, nfilt=filters, nfft=1024).T - z[0]) / z[1]
+    config = MelConfig(sample_rate=rate, n_fft=1024, win=win, hop=hop, n_mels=filters, frontend="logfbank",
+                       z_mean=z[0], z_std=z[1])
+    ours = spectrogram(config)(torch.tensor(wave).float() / 32768).numpy()
+    assert ours.shape == reference.shape == (filters, frames_for(len(wave) / rate, config))
+    np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)

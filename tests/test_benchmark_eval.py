@@ -425,41 +425,6 @@ def test_export_then_eval_equals_eval_of_the_run(results_folder, demo_dataset, t
         assert a["metrics"] == b["metrics"] and b["encoder"]["method"] == "xmodal" and b["encoder"]["step"] == 2
 
 
-def published_layout(name: str, prefix: str = "", **build) -> dict:
-    """A backbone's state_dict at the published width under `prefix` (what the released files hold)."""
-    return {prefix + k: v for k, v in models.build(name, **build).state_dict().items()}
-
-
-@pytest.mark.parametrize("layout", ["gdt", "selavi", "xdc"])
-def test_each_converter_maps_its_published_layout_and_loads_strictly(layout, tmp_path):
-    torch.manual_seed(1)
-    if layout == "xdc":
-        saved = published_layout("r2plus1d_18", num_classes=400)
-    else:
-        wrap = "module." if layout == "selavi" else ""  # SeLaVi's checkpoints were saved from DDP
-        heads = {"mlp_v.weight": torch.zeros(256, 512), "mlp_a.weight": torch.zeros(256, 512)} if layout == "gdt" \
-            else {f"mlp_{m}{h}.weight": torch.zeros(256, 512) for m in "va" for h in range(2)}
-        audio_fc = {"num_classes": 1000} if layout == "gdt" else {}  # GDT's resnet9 kept torchvision's fc
-        state = {**published_layout("r2plus1d_18", "video_network.base."),
-                 **published_layout("resnet9_2d", "audio_network.base.", **audio_fc), **heads}
-        saved = {"model": {wrap + k: v for k, v in state.items()}, "epoch": 100}
-    path = tmp_path / f"{layout}.pth"
-    torch.save(saved, path)
-    encoders = load_encoders(str(path), checkpoint_format=layout)
-    flat = saved if layout == "xdc" else {k.removeprefix("module."): v for k, v in saved["model"].items()}
-    video = {k.removeprefix("video_network.base."): v for k, v in flat.items() if not k.startswith(("audio", "mlp"))}
-    for key, value in encoders.method.video.state_dict().items():
-        assert torch.equal(value, video[key]), key
-    assert encoders.config.method.video_backbone == "r2plus1d_18" and encoders.config.method.width == 64
-    if layout != "xdc":
-        audio = {k.removeprefix("audio_network.base."): v for k, v in flat.items() if k.startswith("audio")}
-        assert encoders.config.method.audio_backbone == "resnet9_2d"
-        for key, value in encoders.method.audio.state_dict().items():
-            assert torch.equal(value, audio[key]), key
-    else:
-        assert encoders.method.audio is None
-
-
 def test_an_unknown_layout_lists_the_unmatched_keys(tmp_path):
     state = {f"encoder.block{i}.weight": torch.zeros(4, 3, 3, 3) for i in range(3)}
     torch.save(state, tmp_path / "odd.pth")

@@ -1,8 +1,13 @@
 """Audio on the device: log-mel spectrograms, SpecAugment masks, volume jitter; batched, plain torch.
 
-`LogMel` uses torchaudio's MelSpectrogram where torchaudio imports, else the same computation written here
-(periodic Hann window, centred reflect-padded STFT, power spectrum, HTK mel filters without normalisation, as
-torchaudio's defaults); tests check the two agree wherever torchaudio is present.
+Two spectrogram front ends, picked by `MelConfig.frontend`:
+- `logmel` (avtools' own): torchaudio's MelSpectrogram where torchaudio imports, else the same computation
+  written here (periodic Hann window, centred reflect-padded STFT, power spectrum, HTK mel filters without
+  normalisation, as torchaudio's defaults); tests check it against librosa's HTK settings.
+- `logfbank`: python_speech_features' `logfbank`, the input of GDT's and SeLaVi's released audio networks
+  (their datasets/audio_utils.py): pre-emphasis, unwindowed frames zero-padded at the end, |rfft|^2 / n_fft,
+  triangular filters on FFT bins, log; applied to int16 sample values, as those codes do, then z-normalised
+  with the format's constants. Tests check it against the python_speech_features package itself.
 """
 from __future__ import annotations
 
@@ -10,7 +15,11 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+FRONTENDS = ("logmel", "logfbank")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +32,14 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float | None = None  # defaults to sample_rate / 2
     log_offset: float = 1e-6
+    frontend: str = "logmel"  # logmel | logfbank (see the module docstring)
+    preemphasis: float = 0.97  # logfbank only
+    z_mean: float = 0.0  # logfbank only: (log filterbank - z_mean) / z_std
+    z_std: float = 1.0
+
+    def __post_init__(self):
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {', '.join(FRONTENDS)}, not {self.frontend!r}")
 
 
 def torchaudio_available() -> bool:
@@ -87,9 +104,58 @@ class LogMel(nn.Module):
         return mel.reshape(*shape[:-1], *mel.shape[-2:])
 
 
+class LogFbank(nn.Module):
+    """[..., samples] float waveform in [-1, 1] -> [..., n_mels, frames]: python_speech_features.logfbank of
+    the int16 values (`win` and `hop` in samples, `n_mels` filters), z-normalised."""
+
+    def __init__(self, config: MelConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("filters", fbank_filters(config.n_mels, config.n_fft, config.sample_rate, config.f_min,
+                                                      config.f_max or config.sample_rate / 2), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        c, shape = self.config, wave.shape
+        x = wave.reshape(-1, shape[-1]).double() * 32768.0
+        x = torch.cat([x[:, :1], x[:, 1:] - c.preemphasis * x[:, :-1]], 1)
+        win = c.win or c.n_fft
+        n = fbank_frames(x.shape[1], win, c.hop)
+        frames = F.pad(x, (0, (n - 1) * c.hop + win - x.shape[1])).unfold(1, win, c.hop)
+        power = torch.fft.rfft(frames, n=c.n_fft).abs().pow(2) / c.n_fft
+        energies = power @ self.filters.to(power.dtype)
+        energies = torch.where(energies == 0, torch.finfo(torch.float64).eps, energies)
+        spec = ((energies.log() - c.z_mean) / c.z_std).transpose(1, 2).float()
+        return spec.reshape(*shape[:-1], *spec.shape[-2:])
+
+
+def fbank_filters(n_filters: int, n_fft: int, sample_rate: int, low: float, high: float) -> torch.Tensor:
+    """[n_fft // 2 + 1, n_filters] triangles between FFT bins floor((n_fft + 1) * hz / rate) of mel-spaced points
+    (python_speech_features.get_filterbanks)."""
+    mels = torch.linspace(_hz_to_mel(low), _hz_to_mel(high), n_filters + 2, dtype=torch.float64)
+    bins = torch.floor((n_fft + 1) * (700.0 * (10 ** (mels / 2595.0) - 1.0)) / sample_rate)
+    i = torch.arange(n_fft // 2 + 1, dtype=torch.float64).unsqueeze(1)
+    left, centre, right = bins[:-2], bins[1:-1], bins[2:]
+    rising = torch.where((i >= left) & (i < centre), (i - left) / (centre - left), 0.0)
+    falling = torch.where((i >= centre) & (i < right), (right - i) / (right - centre), 0.0)
+    return rising + falling
+
+
+def fbank_frames(samples: int, win: int, hop: int) -> int:
+    return 1 if samples <= win else 1 + math.ceil((samples - win) / hop)
+
+
+
+def spectrogram(config: MelConfig, backend: str = "auto") -> nn.Module:
+    """The front end `config` names: LogMel or LogFbank."""
+    return LogFbank(config) if config.frontend == "logfbank" else LogMel(config, backend)
+
+
 def frames_for(seconds: float, config: MelConfig) -> int:
-    """Spectrogram frames of a `seconds` window (centred STFT)."""
-    return int(round(seconds * config.sample_rate)) // config.hop + 1
+    """Spectrogram frames of a `seconds` window (centred STFT; logfbank's unpadded frames)."""
+    samples = int(round(seconds * config.sample_rate))
+    if config.frontend == "logfbank":
+        return fbank_frames(samples, config.win or config.n_fft, config.hop)
+    return samples // config.hop + 1
 
 
 @dataclasses.dataclass(frozen=True)

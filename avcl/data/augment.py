@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avcl.data.audio import LogMel, MelConfig, SpecAugmentConfig, spec_augment, volume_jitter
+from avcl.data.audio import MelConfig, SpecAugmentConfig, spec_augment, spectrogram, volume_jitter
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video models
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -122,7 +122,7 @@ class DeviceAugment(nn.Module):
                  spec: SpecAugmentConfig = SpecAugmentConfig(), mel_backend: str = "auto"):
         super().__init__()
         self.video_config, self.spec_config = video, spec
-        self.logmel = LogMel(mel, backend=mel_backend)
+        self.logmel = spectrogram(mel, backend=mel_backend)
         self.register_buffer("mean", torch.tensor(video.mean).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(video.std).view(1, 3, 1, 1, 1), persistent=False)
 

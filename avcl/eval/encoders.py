@@ -49,12 +49,16 @@ class Encoders:
     digest: str  # content hash: the feature cache key
     step: int
     fusion_weights: bool = True  # False: an export, without the method's own fusion module
+    inputs: dict | None = None  # a released checkpoint's: {"preset": used, "format": its authors' inputs preset}
 
     @property
     def describe(self) -> dict:
-        return {"checkpoint": self.source, "method": self.config.method_name, "step": self.step,
-                "sha256": self.digest[:16], "video_backbone": self.config.method.video_backbone,
-                "audio_backbone": getattr(self.config.method, "audio_backbone", None)}
+        described = {"checkpoint": self.source, "method": self.config.method_name, "step": self.step,
+                     "sha256": self.digest[:16], "video_backbone": self.config.method.video_backbone,
+                     "audio_backbone": getattr(self.config.method, "audio_backbone", None)}
+        if self.inputs:
+            described["inputs"] = self.inputs
+        return described
 
 
 def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (), device="cpu",
@@ -87,10 +91,13 @@ def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (),
         model.load_state_dict(saved["model"])
         return Encoders(model.to(device).eval(), config, shown, pretrained.file_digest(path), saved["state"]["step"])
     layout = checkpoint_format or "torchvision"
-    model, encoder = pretrained.load_converted(pretrained.FORMATS.get(layout)(saved), backbone)
-    config = pretrained.preprocessing_config(layout, encoder, preset)
+    released = pretrained.FORMATS.get(layout)
+    model, encoder = pretrained.load_converted(released.convert(saved), backbone)
+    config = pretrained.preprocessing_config(layout, encoder, preset or released.inputs)
     digest = pretrained.file_digest(path, extra=json.dumps([layout, config.to_dict()], sort_keys=True))
-    return Encoders(model.to(device).eval(), config, shown, digest, 0)
+    inputs = {"preset": preset or released.inputs, "format": released.inputs,
+              "own": (preset or released.inputs) == released.inputs}  # other inputs: said in every row
+    return Encoders(model.to(device).eval(), config, shown, digest, 0, inputs=inputs)
 
 
 def fetched(where: str) -> tuple[str, storage.RunFolder | None]:

@@ -125,6 +125,16 @@ class Engine:
                                 f"encoder(s): {'/'.join(wanted)} cannot be evaluated")
         return usable
 
+    def check_audio_rate(self) -> None:
+        """Audio features mean something only at the sample rate the encoder's front end expects (a released
+        format's own rate: GDT 24 kHz, SeLaVi 48 kHz): shards at another rate are refused, not resampled."""
+        shards = int((self.info.preprocessing or {}).get("audio_rate") or 0)
+        wanted = self.encoders.config.mel.sample_rate
+        if shards and shards != wanted:
+            raise EvalDataError(f"{self.shown} holds audio at {shards} Hz, but {self.encoders.config.method_name}'s "
+                                f"audio front end expects {wanted} Hz: rebuild the dataset with --audio-rate {wanted}, "
+                                "or evaluate the video only (--modality video)")
+
     def clip_geometry(self) -> ClipGeometry:
         """The clip geometry the checkpoint was trained on (frame step, canvas, audio window): all evaluation
         takes of the method's views."""

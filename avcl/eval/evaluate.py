@@ -87,6 +87,8 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[ResultRow], Engine]:
         raise EvalDataError(f"{engine.shown} holds one class ({', '.join(engine.class_names()) or 'none'}): "
                             f"{protocol.name} needs two classes at least")
     modalities = protocol.modalities or engine.modalities(request.modality)
+    if {"audio", "fused"} & set(modalities):
+        engine.check_audio_rate()
     if ctx.main:
         log(f"{protocol.name} on {dataset.name} split(s) {', '.join(folds)}, {', '.join(modalities)}; "
             f"{json.dumps(encoders.describe)}")

@@ -5,15 +5,18 @@ audio-visual self-supervised checkpoints mapped onto the registered backbones by
     RUN/export (or RUN/export/video_encoder.pt)                      -> the run's method, encoders loaded
     --checkpoint-format gdt | selavi | xdc                          -> the converter's key map, loaded strictly
 
-Converters follow the layouts in the methods' public code: GDT (facebookresearch/GDT, model.py) and SeLaVi
+A format is its authors' network, key map and inputs. GDT (facebookresearch/GDT, model.py) and SeLaVi
 (facebookresearch/selavi, model.py) keep torchvision's R(2+1)D-18 under `video_network.base.` and a ResNet-9
 audio network (torchvision's ResNet with one block per stage, a 1-channel conv1) under `audio_network.base.`,
 projection heads `mlp_v*` / `mlp_a*` beside them, everything under `module.` when saved from DDP and inside
-checkpoint["model"]; XDC (HumamAlwassel/XDC) releases torchvision-layout R(2+1)D-18 state_dicts. Every key
-must be mapped or known to be a head: anything else is an error that lists the unmatched keys.
+checkpoint["model"] beside `args` and optimiser state; XDC (HumamAlwassel/XDC) releases plain state_dicts of
+its own R(2+1)D-18 (`r2plus1d_18_xdc`). Every key must be mapped or known to be a head: anything else is an
+error that lists the unmatched keys. tests/data/released_layouts.json records these layouts from the authors'
+code.
 
-The preprocessing of such checkpoints is a named preset's [video] and [data] sections (`--preset kinetics`,
-the default: torchvision's Kinetics mean and std); audio is one second of the preset's log-mel settings.
+Each format evaluates with its authors' inputs, a named preset (`gdt`, `selavi`: mean/std 0.45/0.225, 30-frame
+112-pixel clips, python_speech_features log filterbanks at 24 / 48 kHz; `kinetics` for torchvision and XDC).
+`--preset` picks other inputs; the rows then say so (`encoder.inputs.own` false).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from avcl.train import checkpoint
 from avcl.train.checkpoint import CheckpointError
 from avcl.train.config import TrainConfig, build_section, from_dict, named_preset
 
-VIDEO_BACKBONES = ("r2plus1d_18", "r3d_18", "r2plus1d_10", "r3d_10", "r2plus1d_34", "r3d_34", "c3d")
+VIDEO_BACKBONES = ("r2plus1d_18", "r2plus1d_18_xdc", "r3d_18", "r2plus1d_10", "r3d_10", "r2plus1d_34", "r3d_34", "c3d")
 AUDIO_BACKBONES = ("resnet18_2d", "resnet9_2d", "conv2d_10")
 WIDTH_KEYS = ("layer1.0.conv1.1.weight", "bn1.weight", "conv1.1.weight")  # a BatchNorm of `width` channels
 CLASSIFIER = re.compile(r"^(fc|linear)\.(weight|bias)$")  # a backbone's own classifier: never a feature
@@ -53,12 +56,20 @@ class Converted:
     audio_backbone: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointFormat:
+    """A released checkpoint's layout: how its keys map onto registered backbones, and the named preset holding
+    the inputs its authors fed it (video mean/std, clip length, crop, audio front end and rate)."""
+    convert: Callable[[dict], Converted]
+    inputs: str
+
+
 FORMATS = Registry("checkpoint format", package="avcl.eval")
 
 
-def register_format(name: str):
+def register_format(name: str, inputs: str = DEFAULT_PREPROCESSING):
     def add(convert: Callable[[dict], Converted]) -> Callable[[dict], Converted]:
-        FORMATS.register(name)(convert)
+        FORMATS.register(name)(CheckpointFormat(convert, inputs))
         return convert
     return add
 
@@ -91,8 +102,9 @@ def torchvision_layout(saved: dict) -> Converted:
 
 @register_format("xdc")
 def xdc(saved: dict) -> Converted:
-    """XDC's released R(2+1)D-18 video encoders: torchvision's layout (HumamAlwassel/XDC, xdc.py)."""
-    return Converted(without_classifier(unwrap(saved)), video_backbone="r2plus1d_18")
+    """XDC's released R(2+1)D-18 video encoders (HumamAlwassel/XDC, hubconf/xdc.py): plain state_dicts with
+    torchvision's key names for XDC's own network (`r2plus1d_18_xdc`), classifier `fc` included."""
+    return Converted(without_classifier(unwrap(saved)), video_backbone="r2plus1d_18_xdc")
 
 
 def _av_network(saved: dict, heads: re.Pattern) -> Converted:
@@ -104,13 +116,13 @@ def _av_network(saved: dict, heads: re.Pattern) -> Converted:
     return Converted(without_classifier(video), without_classifier(audio) or None, "r2plus1d_18", "resnet9_2d")
 
 
-@register_format("gdt")
+@register_format("gdt", inputs="gdt")
 def gdt(saved: dict) -> Converted:
     """GDT (facebookresearch/GDT, model.py `GDT`): VMZ's R(2+1)D-18 and a ResNet-9 whose fc stayed in."""
     return _av_network(saved, re.compile(r"^mlp_[va]\."))
 
 
-@register_format("selavi")
+@register_format("selavi", inputs="selavi")
 def selavi(saved: dict) -> Converted:
     """SeLaVi (facebookresearch/selavi, model.py `AVModel`): torchvision's R(2+1)D-18 and a ResNet-9, with one
     pair of projection heads (`mlp_v`, `mlp_a`) or several (`mlp_v0`, `mlp_a0`, ...)."""
@@ -178,9 +190,10 @@ def load_converted(converted: Converted, backbone: str | None) -> tuple[Pretrain
     return Pretrained(video, audio), EncoderConfig(video_name, audio_name, video_width)
 
 
-def preprocessing_config(label: str, encoder: EncoderConfig, preset: str | None) -> TrainConfig:
-    """A TrainConfig carrying what evaluation needs of an outside checkpoint: backbones and preprocessing."""
-    values = named_preset(preset or DEFAULT_PREPROCESSING)
+def preprocessing_config(label: str, encoder: EncoderConfig, preset: str) -> TrainConfig:
+    """A TrainConfig carrying what evaluation needs of an outside checkpoint: backbones and preprocessing (the
+    named preset `preset`)."""
+    values = named_preset(preset)
     base = TrainConfig()
     sections = {name: build_section(type(getattr(base, name)), values.get(name, {}), name)
                 for name in ("data", "video", "mel", "spec_augment")}

@@ -8,6 +8,7 @@ says so (never advising to load it with code execution allowed).
 """
 from __future__ import annotations
 
+import argparse
 import pickle
 import random
 import re
@@ -41,6 +42,11 @@ def sweep_partial(run_dir: Path) -> list[Path]:
     return stale
 
 
+# plain records that released training checkpoints carry beside their weights (GDT's and SeLaVi's `args`): data
+# only, so loading them runs no code
+SAFE_GLOBALS = [argparse.Namespace]
+
+
 def load(path: Path, map_location="cpu") -> dict:
     """A checkpoint file's dict, loaded without running pickled code."""
     path = Path(path)
@@ -48,7 +54,8 @@ def load(path: Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: no checkpoint there (a run folder holds {LAST}, {BEST}, step_N.pt; an "
                               "export folder export.json and *_encoder.pt)")
     try:
-        saved = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several kinds for files it cannot read safely
         raise CheckpointError(f"{path}: not a readable avtools checkpoint ({unreadable_because(exc)}); use a "
                               "checkpoint avtools train wrote, or a state_dict saved with torch.save") from None
