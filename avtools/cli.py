@@ -421,8 +421,14 @@ def eval_(
                                                   "one column each (repeat, or a shell glob: --compare runs/*/x.json)."),
     baseline: str = typer.Option(None, help="With --compare: add gain columns against this column (its file, "
                                             "name or number)."),
-    references: bool = typer.Option(False, help="With --compare: also print the published rows for the same "
-                                                "dataset, protocol and backbone (manifests/references.toml)."),
+    references: bool = typer.Option(False, help="With --compare: also the published rows that compare with yours "
+                                                "(same dataset, protocol, network, input and splits; "
+                                                "manifests/references.toml)."),
+    all_references: bool = typer.Option(False, help="With --references: also the published rows of the same "
+                                                    "dataset and protocol that do not compare, naming what differs."),
+    table_format: str = typer.Option(None, "--format", help="With --compare: a table to paste into a paper, "
+                                                             "markdown, latex or csv: one row per model, one column "
+                                                             "per dataset/protocol/metric, published rows marked."),
 ):
     """Evaluate frozen or fine-tuned encoders with a published protocol; prints and saves result rows.
 
@@ -433,7 +439,15 @@ def eval_(
 
     if compare:
         files = list(compare) + [Path(p) for p in ([dataset] if dataset else []) + list(ctx.args)]
-        report.compare(files, make_console(), baseline, references)
+        if table_format:
+            from avcl.eval.paper import paper_table
+
+            text, warnings = paper_table(files, table_format, references)
+            sys.stdout.write(text)
+            for line in warnings:
+                console.print(f"[yellow]{line}[/]", soft_wrap=True)
+            return
+        report.compare(files, make_console(), baseline, references, all_references)
         return
     if ctx.args:
         fail(f"unexpected argument(s) {' '.join(ctx.args)}: give one DATASET (or --compare results files)")

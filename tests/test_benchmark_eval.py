@@ -372,26 +372,41 @@ def test_results_rows_carry_provenance_and_typed_requests(results_folder):
     assert request["options"]["batch_size"] == 8
     stamp = document["rows"][0]["provenance"]
     assert stamp["avtools"] and stamp["time"].endswith("+00:00") and stamp["command"].startswith("avtools")
+    import numpy
+    import sklearn
+
+    assert stamp["packages"]["numpy"] == numpy.__version__ and stamp["packages"]["scikit-learn"] == sklearn.__version__
+    assert stamp["packages"]["torch"] == torch.__version__.split("+")[0] or stamp["packages"]["torch"] == torch.__version__
+    assert stamp["git_commit"] is None or len(stamp["git_commit"].split("+")[0]) == 40
+    assert len(stamp["data_digest"]) == 16
     assert stamp["config"]["protocol"]["layer"] == "gap" and stamp["config"]["model"]["method"]["width"] == 4
 
 
-def test_published_rows_match_dataset_protocol_and_backbone():
+def test_published_rows_sit_beside_runs_of_the_same_network_input_and_splits():
     refs = report.published()
-    row = {"dataset": "ucf101", "protocol": "finetune", "modality": "video", "extra": {},
-           "encoder": {"video_backbone": "r2plus1d_18", "audio_backbone": "resnet18_2d"}}
-    matched = report.matching_references(row, refs)
-    assert {r["method"] for r in matched} >= {"AVID", "XDC", "GDT", "CrissCross"}
-    assert all(r["dataset"] == "ucf101" and r["backbone"] == "r2plus1d_18" for r in matched)
-    assert not report.matching_references(dict(row, dataset="demo"), refs)
-    assert not report.matching_references(dict(row, protocol="linear"), refs)
-    retrieval = dict(row, protocol="retrieval", encoder={"video_backbone": "r3d_10"})
+    row = {"dataset": "ucf101", "protocol": "finetune", "modality": "video", "split": "mean", "extra": {},
+           "settings": {"frames": 30, "size": 112}, "encoder": {"video_backbone": "r2plus1d_18"}}
+    assert {r["method"] for r in report.matching_references(row, refs)} == {"GDT"}  # torchvision's network, 30x112
+    assert not report.matching_references(dict(row, split="1"), refs)  # GDT's number is the mean of splits 1-3
+    assert not report.matching_references(dict(row, settings={"frames": 16, "size": 112}), refs)
+    differ = dict((r["method"], d) for r, d in report.related_references(row, refs))
+    assert "network r2plus1d_18_avid (yours r2plus1d_18)" in differ["AVID"]
+    assert "network r2plus1d_18_xdc (yours r2plus1d_18)" in differ["XDC"]
+    vcop = dict(row, settings={"frames": 16, "size": 112}, encoder={"video_backbone": "r2plus1d_vcop"})
+    assert {r["method"] for r in report.matching_references(vcop, refs)} == {"VCOP", "VCP", "PRP"}  # IIC: residual
+    assert not report.matching_references(dict(vcop, encoder={"video_backbone": "r2plus1d_10"}), refs)
+    retrieval = dict(row, protocol="retrieval", split="1", settings={"frames": 16, "size": 112},
+                     encoder={"video_backbone": "r3d_10"})
     assert {r["method"] for r in report.matching_references(dict(retrieval, extra={"layer": "conv5-max-vcop"}), refs)} \
-        >= {"VCOP", "PRP"}
+        == {"random init", "VCOP", "VCP", "PRP"}  # IIC's 36.5 joins RGB and residual features
     assert not report.matching_references(dict(retrieval, extra={"layer": "conv5-max-tcgl"}), refs)
-    console = Console(width=250, record=True)
-    report.print_references([row], console)
+    audio = {"dataset": "esc50", "protocol": "esc50-crisscross", "modality": "audio", "split": "mean", "extra": {},
+             "settings": {}, "encoder": {"audio_backbone": "resnet18_2d"}}
+    assert not report.related_references(audio, refs)  # CrissCross's published procedure is another protocol
+    console = Console(width=700, record=True)
+    report.print_references([row], console, everything=True)
     text = console.export_text()
-    assert "Morgado" in text and "AVID-CMA @ 4538e40" in text
+    assert "Morgado" in text and "AVID-CMA @ 4538e40" in text and "differs in" in text
 
 
 # --- checkpoints of the field ----------------------------------------------------------------------------
@@ -472,3 +487,39 @@ def test_expected_counts_of_the_real_official_splits(tmp_path):
     expected = {f: (roles["train"]["expected"], roles["test"]["expected"]) for f, roles in folds.items()}
     assert expected == {"1": (9537, 3783), "2": (9586, 3734), "3": (9624, 3696)}
     assert all(r["available"] == 0 for roles in folds.values() for r in roles.values())
+
+
+def test_a_paper_table_in_markdown_latex_and_csv(results_folder, tmp_path):
+    """One row per model, one column per dataset/protocol/metric, a published row that compares, marked with
+    its citation key; the tau run's differing setting is a warning line beside the table."""
+    import csv
+    import io
+
+    from avcl.eval.paper import paper_table
+
+    root, _ = results_folder
+    runs = [root / "results-pretrained-knn.json", root / "results-random-knn.json", root / "results-random-knn-tau.json"]
+    ucf = results(runs[0])
+    ucf["rows"] = [dict(ucf["rows"][0], dataset="ucf101", protocol="finetune", split="mean", extra={},
+                        metrics={"top1": 55.5}, settings={"frames": 30, "size": 112},
+                        encoder=dict(ucf["rows"][0]["encoder"], video_backbone="r2plus1d_18"))]
+    (tmp_path / "ucf.json").write_text(json.dumps(ucf))
+    markdown, warnings = paper_table([*runs, tmp_path / "ucf.json"], "markdown", references=True)
+    lines = markdown.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    metric, value = next(iter(results(runs[0])["rows"][0]["metrics"].items()))
+    knn = next(c for c in header if c.startswith("demo knn") and c.endswith(f" {metric}"))
+    assert header[:4] == ["method", "network", "pretrained on", "checkpoint"] and "ucf101 finetune top1" in header
+    by_model = {tuple(c.strip() for c in line.strip("|").split("|"))[:4]: line for line in lines[2:]}
+    assert ("xmodal", "r2plus1d_18", "demo", "last.pt") in by_model  # the trained run (pretrained on demo)
+    assert {m[3] for m in by_model if m[0] == "xmodal" and m[3].startswith("random init")} == {
+        "random init [results-random-knn]", "random init [results-random-knn-tau]"}  # one model, two files
+    gdt = next(line for model, line in by_model.items() if model[0] == "GDT")
+    assert "published [patrick2021]" in gdt and "90.9" in gdt
+    row = [c.strip() for c in by_model[("xmodal", "r2plus1d_18", "demo", "last.pt")].strip("|").split("|")]
+    assert row[header.index(knn)] == f"{value:.1f}"
+    assert any("tau" in line for line in warnings)
+    latex, _ = paper_table(runs, "latex")
+    assert latex.startswith(r"\begin{tabular}{llll") and r"\end{tabular}" in latex and r"pretrained on" in latex
+    table = list(csv.reader(io.StringIO(paper_table(runs, "csv")[0])))
+    assert table[0][:4] == ["method", "network", "pretrained on", "checkpoint"] and len(table) >= 3

@@ -1,10 +1,15 @@
-"""`--protocol esc50`: ESC-50 sound classification with a frozen audio encoder, CrissCross's protocol (docs/protocols.md §6).
+"""`--protocol esc50`: ESC-50 sound classification with a frozen audio encoder, after CrissCross's protocol
+(docs/protocols.md §6), with model selection kept off the test fold.
 
 Each 5-s recording gives 100 augmented training crops (random position, volume jitter, SpecAugment masks;
 the published time warp is not applied) and 10 evenly spaced test crops; the feature is the conv5 map
 max-pooled to 3x3 (4608-d for ResNet-18), L2-normalised, then standardised (CrissCross: BatchNorm). A linear
 SVM per official fold, C from {1e-5 ... 1} chosen on recordings held out of the training folds; test decision
 values averaged over the crops. Reports each fold and the mean of the 5 folds.
+
+Where this differs from CrissCross's published procedure: CrissCross picks C on the test fold, L2-normalises each
+time row of the map and does not standardise. Its published ESC-50 numbers are therefore filed as protocol
+`esc50-crisscross-published` (manifests/references.toml) and never sit beside these rows as if comparable.
 
 The crop length follows the checkpoint: the audio length its encoder was trained on (1 s for the temporal-av
 and xmodal presets, 2 s for avcl), so no encoder is measured on inputs it never saw; `window_s` sets one, and
@@ -47,7 +52,8 @@ def run(engine: Engine, params: ESC50Params, folds, modalities) -> list:
     return esc50_rows(engine, params, folds, "esc50")
 
 
-@register_protocol("esc50-crisscross", CrissCrossParams, "CrissCross ESC-50: 2 s crops, linear SVM per official fold",
+@register_protocol("esc50-crisscross", CrissCrossParams, "ESC-50 with CrissCross's 2 s crops, linear SVM per official fold (C chosen "
+                                                             "off the test fold, unlike the published numbers)",
                    modalities=("audio",), kinds=("folds",))
 def run_crisscross(engine: Engine, params: CrissCrossParams, folds, modalities) -> list:
     return esc50_rows(engine, params, folds, "esc50-crisscross")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import importlib.metadata
 import json
+import subprocess
 from pathlib import Path
 
 from avcl.data.schema import DatasetInfo
@@ -103,10 +105,40 @@ def evaluate(request: EvalRequest, log=print) -> tuple[list[ResultRow], Engine]:
     return rows, engine
 
 
+PACKAGES = ("avtools", "torch", "torchvision", "numpy", "scikit-learn", "liblinear-official")  # what the numbers depend on
+
+
 def provenance(request: EvalRequest, model_config: dict, params: dict, data_info: DatasetInfo) -> dict:
-    """What a row needs to be reproduced: avtools' version, the UTC time, the command, the data's class list
-    (file, version, hash) and the resolved config."""
-    return {"avtools": importlib.metadata.version("avtools"),
+    """What a row needs to be reproduced: avtools' version and git commit (when run from a checkout), the
+    installed versions of the packages the numbers depend on, the UTC time, the command, the data's class list
+    (file, version, hash), a digest of its dataset.json (shard list and counts included) and the resolved config."""
+    data = json.dumps(dataclasses.asdict(data_info), sort_keys=True, default=str).encode()
+    return {"avtools": importlib.metadata.version("avtools"), "git_commit": git_commit(),
+            "packages": {name: installed_version(name) for name in PACKAGES},
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": request.command, "request": request.as_dict(), "class_list": data_info.class_list,
+            "data_digest": hashlib.sha256(data).hexdigest()[:16],
             "config": {"model": model_config, "protocol": params}}
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The commit of the avtools checkout this code runs from (with `+dirty` when it has changes); None for an
+    installed copy."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")

@@ -1,5 +1,7 @@
 """Result rows to a rich table and results.json; `--compare` puts results files side by side, with gains
-against a baseline column and the published rows for the same dataset, protocol and backbone.
+against a baseline column and the published rows that compare with them (same dataset, protocol, network,
+input and splits; `reference_differences` names what else differs). `avcl.eval.paper` renders the same rows
+as a Markdown, LaTeX or CSV table.
 
 results.json: {"rows": [ResultRow...], "request": {...}, ...}. Every row names dataset, split, protocol, modality,
 its metrics, the full protocol settings, the encoder (checkpoint, hash, method, step), its coverage of the
@@ -151,7 +153,7 @@ def pick_baseline(baseline: str | None, cols: list[Column]) -> Column | None:
 
 
 def compare(paths: list[Path], console: Console | None = None, baseline: str | None = None,
-            references: bool = False) -> Table:
+            references: bool = False, all_references: bool = False) -> Table:
     """One line per (dataset, split, protocol, modality, metric), one column per results file, a gain column
     per other file against the baseline; warnings for protocol settings that differ between columns."""
     console = console or Console()
@@ -179,7 +181,7 @@ def compare(paths: list[Path], console: Console | None = None, baseline: str | N
     for line in settings_warnings(settings):
         console.print(f"[yellow]{line}[/]", soft_wrap=True)
     if references:
-        print_references([row for col in cols for row in col.rows], console)
+        print_references([row for col in cols for row in col.rows], console, all_references)
     return out
 
 
@@ -208,29 +210,73 @@ def published() -> list[dict]:
     return avtools_manifests.toml("references.toml")["reference"]
 
 
-def matching_references(row: dict, refs: list[dict]) -> list[dict]:
-    """The published rows for the row's dataset, protocol and backbone (and retrieval layer)."""
+def row_backbone(row: dict) -> str | None:
     encoder = row["encoder"]
-    backbone = encoder.get("audio_backbone") if row["modality"] == "audio" else encoder.get("video_backbone")
+    return encoder.get("audio_backbone") if row["modality"] == "audio" else encoder.get("video_backbone")
+
+
+def row_input(row: dict) -> str | None:
+    """frames x crop of the row's clips, from its protocol settings (None where it has none)."""
+    settings = row.get("settings") or {}
+    return f"{settings['frames']}x{settings['size']}" if "frames" in settings and "size" in settings else None
+
+
+def reference_differences(row: dict, ref: dict) -> list[str]:
+    """The settings in which a published row differs from a result row of the same dataset and protocol: the
+    network, the input (frames x crop, and RGB against residual frames), the splits, the retrieval layer.
+    Empty: the two compare."""
+    differ = []
+    if ref["backbone"] != row_backbone(row):
+        differ.append(f"network {ref['backbone']} (yours {row_backbone(row)})")
+    if not ref["input"]:
+        differ.append("input not stated by the source")
+    elif ref["input"] != row_input(row):
+        differ.append(f"input {ref['input']} (yours {row_input(row) or 'not frames x crop'})")
+    if ref.get("input_modality", "rgb") != "rgb":
+        differ.append(f"input modality {ref['input_modality']} (yours rgb)")
+    splits = ref["splits"]
+    same_split = (row["split"] == "mean") if splits.startswith("mean") else (splits == row["split"])
+    if not same_split:
+        differ.append(f"splits {splits} (yours {row['split']})")
     layer = row.get("extra", {}).get("layer")
-    return [ref for ref in refs if ref["dataset"] == row["dataset"] and ref["protocol"] == row["protocol"]
-            and ref["backbone"] == backbone and ref.get("layer", layer) == layer]
+    if ref.get("layer", layer) != layer:
+        differ.append(f"layer {ref['layer']} (yours {layer})")
+    return differ
 
 
-def print_references(rows: list[dict], console: Console) -> None:
+def related_references(row: dict, refs: list[dict]) -> list[tuple[dict, list[str]]]:
+    """The published rows for the row's dataset and protocol, each with the settings in which it differs."""
+    return [(ref, reference_differences(row, ref)) for ref in refs
+            if ref["dataset"] == row["dataset"] and ref["protocol"] == row["protocol"]]
+
+
+def matching_references(row: dict, refs: list[dict]) -> list[dict]:
+    """The published rows that compare with the row: same dataset, protocol, network, input and splits."""
+    return [ref for ref, differ in related_references(row, refs) if not differ]
+
+
+def print_references(rows: list[dict], console: Console, everything: bool = False) -> None:
+    """The published rows that compare with `rows`; with `everything`, also those of the same dataset and
+    protocol that do not, each with what differs."""
     refs = published()
-    shown: dict[int, dict] = {}
+    shown: dict[int, tuple[dict, str]] = {}
     for row in rows:
-        for ref in matching_references(row, refs):
-            shown[id(ref)] = ref
+        for ref, differ in related_references(row, refs):
+            if not differ:
+                shown[id(ref)] = (ref, "")
+            elif everything and id(ref) not in shown:
+                shown[id(ref)] = (ref, "; ".join(differ))
     if not shown:
         return
-    out = Table(title="published rows for the same dataset, protocol and backbone (manifests/references.toml)",
-                title_justify="left")
-    for column in ("method", "pretrain", "dataset", "protocol", "backbone", "input", "splits", "metrics", "source"):
+    title = ("published rows for the same dataset and protocol, with what differs from your rows" if everything
+             else "published rows that compare with yours: same dataset, protocol, network, input and splits")
+    out = Table(title=f"{title} (manifests/references.toml)", title_justify="left")
+    for column in ("method", "pretrain", "dataset", "protocol", "network", "input", "splits", "metrics",
+                   *(("differs in",) if everything else ()), "source"):
         out.add_column(column, overflow="fold")
-    for ref in shown.values():
+    for ref, differ in shown.values():
         out.add_row(ref["method"], ref["pretrain"], ref["dataset"], ref["protocol"] + (f" ({ref['layer']})" if "layer" in ref else ""),
-                    ref["backbone"], ref["input"] or "not stated", ref["splits"], metrics_text(ref["metrics"]),
+                    ref["backbone"], (ref["input"] or "not stated") + (f", {ref['input_modality']}" if "input_modality" in ref else ""),
+                    ref["splits"], metrics_text(ref["metrics"]), *((differ or "-",) if everything else ()),
                     f"{ref['paper']}; {ref['table']}; {ref['source']}")
     console.print(out)
