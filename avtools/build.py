@@ -257,13 +257,17 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
 
     A worker killed while sending a result leaves half a message in the result pipe, and the executor's manager
     thread then waits for the rest forever, which hangs the interpreter's exit (it joins that thread). Closing
-    this process's end of the pipe, the last writer once the workers are gone, ends that wait with EOF."""
+    this process's end of the pipe, the last writer once the workers are gone, ends that wait with EOF. The
+    manager thread then closes its wake-up pipe, which the interpreter's exit hook would still write to (a
+    traceback after the build's own error line): the pool is taken off that hook's list."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # each worker leads its own group (_init_worker)
     with contextlib.suppress(AttributeError, OSError):
         pool._result_queue._writer.close()
     pool.shutdown(wait=False, cancel_futures=True)
+    with contextlib.suppress(AttributeError):
+        cf.process._threads_wakeups.pop(pool._executor_manager_thread, None)
 
 
 def _worker_context():

@@ -9,7 +9,7 @@ from avcl import models
 from avcl.registry import UnknownName
 
 TORCHVISION = json.loads((Path(__file__).parent / "data" / "torchvision_video_resnets.json").read_text())
-VIDEO = ["c3d", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "r3d_10", "r3d_18", "r3d_34", "r2plus1d_vcop"]
+VIDEO = ["c3d", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "r3d_10", "r3d_18", "r3d_34", "r2plus1d_vcop", "r2plus1d_18_xdc"]
 AUDIO = ["conv2d_10", "resnet18_2d", "resnet9_2d"]
 
 
