@@ -75,7 +75,7 @@ def collect(paths: list[Path], references: bool) -> tuple[list[str], dict[str, d
                 if column not in columns:
                     columns.append(column)
                 table.setdefault(label, {})[column] = f"{value:.1f}"
-    return columns, table, report.settings_warnings(settings)
+    return columns, table, report.settings_warnings(settings, "models")
 
 
 def render(columns: list[str], table: dict[str, dict[str, str]], fmt: str) -> str:

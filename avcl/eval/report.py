@@ -185,14 +185,15 @@ def compare(paths: list[Path], console: Console | None = None, baseline: str | N
     return out
 
 
-def settings_warnings(settings: dict[tuple, dict[str, dict]]) -> list[str]:
-    """A line per compared row whose protocol settings differ between columns, naming the keys."""
+def settings_warnings(settings: dict[tuple, dict[str, dict]], between: str = "columns") -> list[str]:
+    """A line per compared row whose protocol settings differ between `between` (columns, models), naming the
+    keys."""
     lines = []
     for key, by_column in settings.items():
         flat = {name: _flatten(value) for name, value in by_column.items()}
         keys = sorted({k for f in flat.values() for k in f if len({json.dumps(g.get(k)) for g in flat.values()}) > 1})
         if keys:
-            lines.append(f"warning: {' '.join(key)}: protocol settings differ between columns: {', '.join(keys)}")
+            lines.append(f"warning: {' '.join(key)}: protocol settings differ between {between}: {', '.join(keys)}")
     return lines
 
 
