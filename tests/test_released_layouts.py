@@ -142,3 +142,9 @@ def test_audio_at_another_rate_than_the_formats_own_is_refused(demo_dataset, tmp
     assert result.exit_code == 2, result.output
     assert "holds audio at 16000 Hz, but gdt's audio front end expects 24000 Hz: rebuild the dataset with " \
            "--audio-rate 24000" in " ".join(result.output.split())
+
+
+def test_a_released_file_without_its_format_names_the_formats_it_fits(tmp_path):
+    released_file("gdt", tmp_path / "gdt.pth")
+    with pytest.raises(CheckpointError, match="Its keys fit --checkpoint-format gdt or selavi"):
+        load_encoders(str(tmp_path / "gdt.pth"))

@@ -92,7 +92,14 @@ def load_encoders(where: str, method: str = "xmodal", overrides: list[str] = (),
         return Encoders(model.to(device).eval(), config, shown, pretrained.file_digest(path), saved["state"]["step"])
     layout = checkpoint_format or "torchvision"
     released = pretrained.FORMATS.get(layout)
-    model, encoder = pretrained.load_converted(released.convert(saved), backbone)
+    try:
+        model, encoder = pretrained.load_converted(released.convert(saved), backbone)
+    except checkpoint.CheckpointError as exc:
+        fits = [] if checkpoint_format else pretrained.formats_that_fit(saved, backbone)
+        if fits:
+            raise checkpoint.CheckpointError(f"{path}: {exc}. Its keys fit --checkpoint-format "
+                                             f"{' or '.join(fits)}") from None
+        raise
     config = pretrained.preprocessing_config(layout, encoder, preset or released.inputs)
     digest = pretrained.file_digest(path, extra=json.dumps([layout, config.to_dict()], sort_keys=True))
     inputs = {"preset": preset or released.inputs, "format": released.inputs,

@@ -165,6 +165,21 @@ def backbone_for(state: dict[str, torch.Tensor], candidates: tuple[str, ...], as
                           f"--checkpoint-format ({', '.join(FORMATS.names())}) for a released checkpoint's layout")
 
 
+def formats_that_fit(saved: dict, backbone: str | None = None) -> list[str]:
+    """The formats whose key map turns `saved` into registered backbones exactly (checked on the meta device)."""
+    fits = []
+    for name in FORMATS.names():
+        try:
+            converted = FORMATS.get(name).convert(saved)
+            backbone_for(converted.video, VIDEO_BACKBONES, backbone or converted.video_backbone, "video")
+            if converted.audio:
+                backbone_for(converted.audio, AUDIO_BACKBONES, converted.audio_backbone, "audio")
+        except CheckpointError:
+            continue
+        fits.append(name)
+    return fits
+
+
 class Pretrained(Method):
     """Frozen encoders from a checkpoint of the field: a video backbone, maybe an audio one, no fusion."""
 
