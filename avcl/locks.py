@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from avcl.progress import say
-from avcl.storage import (LocalStore, RunFolder, S3Store, StorageError, local_errors, running, s3_code, s3_errors,
-                          umask)
+from avcl.machine import running
+from avcl.storage import LocalStore, RunFolder, S3Store, StorageError, local_errors, s3_code, s3_errors, umask
 from avcl.urls import redact_text
 
 HEARTBEAT = 60.0  # seconds between an S3 lock's rewrites

@@ -42,3 +42,14 @@ def check_precision(value: str) -> str:
     if value not in PRECISIONS:
         raise ValueError(f"precision {value!r}: use {', '.join(PRECISIONS)}")
     return value
+
+
+def running(pid: int) -> bool:
+    """Whether a process of this host has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Protocol
 
 from avcl.errors import UserError
+from avcl.machine import running
 
 AWS_VARIABLES = "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS endpoint)"
 
@@ -428,25 +429,20 @@ def location_name(url: str) -> str:
     return url.rsplit("/", 1)[-1] if is_remote(url) else Path(url).name
 
 
-def running(pid: int) -> bool:
-    """Whether a process of this host has this pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+def remove_orphans(folders, pid_of: Callable[[Path], str]) -> None:
+    """Remove the folders whose owning process (`pid_of(folder)`, a pid of this host) has ended: what runs
+    killed with SIGKILL leave behind."""
+    for folder in folders:
+        pid = pid_of(folder)
+        if pid.isdigit() and not running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def private_scratch(url: str) -> Path:
     """A fresh local folder mirroring a remote location for this process alone (host and pid in its name,
     removed at exit); the mirrors that ended processes of this host left are removed first."""
     base, host = cache_dir() / "scratch", socket.gethostname()
-    for old in base.glob(f"*.{host}.*"):
-        pid = old.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not running(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
+    remove_orphans(base.glob(f"*.{host}.*"), lambda folder: folder.name.rsplit(".", 1)[-1])
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
     with local_errors(base):
         base.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from avcl.data.schema import DATASET_JSON, DatasetInfo
 from avcl.errors import UserError
 from avcl.locks import exclusive
 from avcl.machine import usable_cores
-from avcl.storage import LocalStore, open_store, running
+from avcl.storage import LocalStore, open_store, remove_orphans
 from avcl.urls import redact
 from avtools import __version__
 from avtools.fetch import FetchOptions, Fetcher
@@ -265,9 +265,10 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
             os.killpg(process.pid, signal.SIGKILL)  # each worker leads its own group (_init_worker)
     with contextlib.suppress(AttributeError, OSError):
         pool._result_queue._writer.close()
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown forgets it
     pool.shutdown(wait=False, cancel_futures=True)
-    with contextlib.suppress(AttributeError):
-        cf.process._threads_wakeups.pop(pool._executor_manager_thread, None)
+    if manager is not None:
+        cf.process._threads_wakeups.pop(manager, None)
 
 
 def _worker_context():
@@ -375,10 +376,7 @@ def _process(clip: Clip):
 def _download_folder() -> str:
     """A temporary folder for this build's downloads, removed at its end with whatever killed workers left in
     it; the folders of builds whose process is gone (killed with SIGKILL) are removed first."""
-    for folder in Path(tempfile.gettempdir()).glob("avtools-build-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and not running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+    remove_orphans(Path(tempfile.gettempdir()).glob("avtools-build-*-*"), lambda folder: folder.name.split("-")[2])
     return tempfile.mkdtemp(prefix=f"avtools-build-{os.getpid()}-")
 
 
